@@ -1,0 +1,1 @@
+"""Qiao (桥): FHIR R4 middleware for primary care."""

@@ -1,0 +1,40 @@
+"""Settings from the environment (prefix QIAO_)."""
+
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QIAO_")
+
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    #: Timestamps that arrive without an offset are in this zone (Chinese systems send local time).
+    timezone: str = "Asia/Shanghai"
+    #: Public base URL used in Location headers, fullUrl and paging links; derived from the request when empty.
+    base_url: str = ""
+    max_body_bytes: int = 16 * 1024 * 1024
+    default_page_size: int = 20
+    max_page_size: int = 1000
+    #: Largest batch or transaction Bundle accepted, in entries.
+    max_bundle_entries: int = 10_000
+    db_pool_size: int = 16
+    log_level: str = "INFO"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'qiao.sqlite3').resolve()}"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,119 @@
+"""Engine and sessions for SQLite (embedded default) and PostgreSQL (production).
+
+One unit of work per request: the session dependency commits once after the handler returns and rolls back on
+any exception. Services flush when they need database-generated values; they never commit.
+"""
+
+import hashlib
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends
+from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings, get_settings
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def normalise_url(url: str) -> str:
+    """Use psycopg 3 for plain postgresql:// URLs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 16) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, foreign keys, and real BEGIN statements (the pysqlite SAVEPOINT recipe from SQLAlchemy's docs)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+_engine: Engine | None = None
+_session_factory: sessionmaker[Session] | None = None
+
+
+def get_engine(settings: Settings | None = None) -> Engine:
+    global _engine, _session_factory
+    if _engine is None:
+        settings = settings or get_settings()
+        if settings.effective_database_url.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
+        _session_factory = sessionmaker(_engine, expire_on_commit=False)
+    return _engine
+
+
+def set_engine(engine: Engine) -> None:
+    """Point the application at another engine (tests, benchmarks)."""
+    global _engine, _session_factory
+    _engine = engine
+    _session_factory = sessionmaker(engine, expire_on_commit=False)
+
+
+def new_session() -> Session:
+    get_engine()
+    assert _session_factory is not None
+    return _session_factory()
+
+
+def session_scope() -> Iterator[Session]:
+    """The one commit point of a unit of work."""
+    session = new_session()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(session_scope)]
+
+
+def begin_write(session: Session) -> None:
+    """Take the database write lock now on SQLite, so a transaction never reads a snapshot it cannot write after.
+
+    PostgreSQL needs nothing here: row locks and advisory locks do the work.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE resource SET pk = pk WHERE 0"))
+
+
+def lock_key(session: Session, key: str) -> None:
+    """Serialise transactions that use the same key until they commit (conditional create/update)."""
+    if session.get_bind().dialect.name == "postgresql":
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": int.from_bytes(digest, "big", signed=True)})
+    else:
+        begin_write(session)

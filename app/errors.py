@@ -1,0 +1,90 @@
+"""Errors that know their OperationOutcome.
+
+QiaoError
+├── InvalidRequest (400)          malformed input, unknown search parameter, bad Bundle
+│   └── InvalidResource (400)     fhir.resources validation failed
+├── Unauthorized (401) / Forbidden (403)
+├── NotFound (404)                unknown type, id or version
+├── MethodNotAllowed (405)
+├── Conflict (409)                id mismatch, concurrent change
+├── Gone (410)                    deleted
+├── PreconditionFailed (412)      stale If-Match, several conditional matches
+├── PayloadTooLarge (413)
+├── UnsupportedMediaType (415)
+└── UnprocessableEntity (422)     business rule violated
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Issue:
+    severity: str
+    code: str
+    diagnostics: str
+    expression: list[str] = field(default_factory=list)
+
+    def to_fhir(self) -> dict[str, object]:
+        issue: dict[str, object] = {"severity": self.severity, "code": self.code, "diagnostics": self.diagnostics}
+        if self.expression:
+            issue["expression"] = self.expression
+        return issue
+
+
+class QiaoError(Exception):
+    status: int = 500
+    code: str = "exception"
+
+    def __init__(self, message: str, *, expression: Sequence[str] = (), issues: Sequence[Issue] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.issues = list(issues) or [Issue("error", self.code, message, list(expression))]
+
+
+class InvalidRequest(QiaoError):
+    status, code = 400, "invalid"
+
+
+class InvalidResource(InvalidRequest):
+    code = "structure"
+
+
+class Unauthorized(QiaoError):
+    status, code = 401, "login"
+
+
+class Forbidden(QiaoError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(QiaoError):
+    status, code = 404, "not-found"
+
+
+class MethodNotAllowed(QiaoError):
+    status, code = 405, "not-supported"
+
+
+class Conflict(QiaoError):
+    status, code = 409, "conflict"
+
+
+class Gone(QiaoError):
+    status, code = 410, "deleted"
+
+
+class PreconditionFailed(QiaoError):
+    status, code = 412, "conflict"
+
+
+class PayloadTooLarge(QiaoError):
+    status, code = 413, "too-costly"
+
+
+class UnsupportedMediaType(QiaoError):
+    status, code = 415, "not-supported"
+
+
+class UnprocessableEntity(QiaoError):
+    status, code = 422, "business-rule"

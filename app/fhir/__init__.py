@@ -1,0 +1,1 @@
+"""The FHIR REST surface: HTTP to typed calls and back."""

@@ -1,0 +1,65 @@
+"""GET /fhir/metadata: a CapabilityStatement built from what the server really registers."""
+
+from copy import deepcopy
+from functools import cache
+from typing import Any
+
+from app import __doc__ as product_description
+from app.fhir import resources
+from app.store.search_parameters import SPECIAL, parameters_for
+
+SOFTWARE_VERSION = "0.1.0"
+TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
+
+
+@cache
+def _statement() -> dict[str, Any]:
+    rest_resources = []
+    for resource_type in resources.resource_types():
+        parameters = parameters_for(resource_type)
+        references = sorted(name for name, p in parameters.items() if p.type == "reference")
+        rest_resources.append(
+            {
+                "type": resource_type,
+                "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+                "versioning": "versioned-update",
+                "readHistory": True,
+                "updateCreate": True,
+                "conditionalCreate": True,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": True,
+                "conditionalDelete": "single",
+                "searchInclude": [f"{resource_type}:{name}" for name in references],
+                "searchRevInclude": ["*:subject", "*:patient", "*:focus"] if resource_type != "Bundle" else [],
+                "searchParam": [
+                    {"name": name, "type": kind} for name, kind in SPECIAL.items()
+                ] + [{"name": name, "type": p.type} for name, p in sorted(parameters.items())],
+            }
+        )
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "kind": "instance",
+        "software": {"name": "Qiao", "version": SOFTWARE_VERSION},
+        "implementation": {"description": product_description or "Qiao"},
+        "fhirVersion": resources.FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": f"Resources validate with fhir.resources ({resources.MODEL_PACKAGE} models) "
+                "and are served as FHIR R4 (4.0.1).",
+                "resource": rest_resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+                "searchParam": [{"name": "_count", "type": "number"}, {"name": "_sort", "type": "string"}],
+            }
+        ],
+    }
+
+
+def capability_statement(base: str) -> dict[str, Any]:
+    statement = deepcopy(_statement())
+    statement["implementation"]["url"] = base
+    return statement

@@ -1,0 +1,1 @@
+"""Versioned FHIR resources and their search index."""

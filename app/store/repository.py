@@ -1,0 +1,531 @@
+"""ResourceStore: the FHIR interactions over the versioned tables, written once for routes, bundles and adapters.
+
+Writes are planned (`Write`) and applied in batches by `apply`: one insert per table for a whole transaction
+Bundle. The stored JSON is the validated input with `id` and `meta` set by the server, and it is served as stored.
+"""
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import jsonpatch
+import orjson
+from sqlalchemy import Row, and_, bindparam, false, func, insert, select
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import update as sql_update
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.db import begin_write, lock_key
+from app.errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
+from app.fhir import resources
+from app.fhir import search as fhir_search
+from app.fhir.search import SearchRequest
+from app.store import dates, query
+from app.store.indexing import index_rows
+from app.store.search_parameters import parameter_type
+from app.store.tables import INDEX_TABLES, resource, resource_version, search_reference
+
+ID_CHARACTERS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
+MAX_INCLUDES = 1000
+
+
+@dataclass
+class Stored:
+    """One version of a resource as stored; `content` is its JSON text (None when the version is a delete)."""
+
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: str | None
+    pk: int = 0
+    method: str = ""
+    created: bool = False
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
+
+    @property
+    def versioned_reference(self) -> str:
+        return f"{self.reference}/_history/{self.version_id}"
+
+
+@dataclass
+class Current:
+    pk: int
+    version_id: int
+    deleted: bool
+
+
+@dataclass
+class Write:
+    resource_type: str
+    resource_id: str
+    method: str
+    content: dict[str, Any] | None  # None: delete
+    current: Current | None
+
+
+@dataclass
+class SearchPage:
+    matches: list[Stored]
+    included: list[Stored] = field(default_factory=list)
+    total: int | None = None
+    next_cursor: str | None = None
+
+
+@dataclass
+class HistoryPage:
+    entries: list[Stored]
+    next_cursor: str | None = None
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_id(resource_id: str) -> None:
+    if not resource_id or len(resource_id) > 64 or not set(resource_id) <= ID_CHARACTERS:
+        raise InvalidRequest(f"invalid resource id {resource_id!r}: 1-64 of A-Z a-z 0-9 - .", expression=["id"])
+
+
+def check_type(resource_type: str) -> None:
+    if not resources.is_resource_type(resource_type):
+        raise NotFound(f"unknown resource type {resource_type!r}", expression=[resource_type])
+
+
+# --- reads -----------------------------------------------------------------------------------------------------
+
+_VERSION_COLUMNS = (
+    resource_version.c.resource_pk,
+    resource_version.c.res_type,
+    resource_version.c.res_id,
+    resource_version.c.version_id,
+    resource_version.c.last_updated,
+    resource_version.c.deleted,
+    resource_version.c.content,
+    resource_version.c.method,
+)
+
+
+def _stored(row: Row[Any]) -> Stored:
+    return Stored(
+        resource_type=row.res_type,
+        resource_id=row.res_id,
+        version_id=row.version_id,
+        last_updated=_aware(row.last_updated),
+        deleted=row.deleted,
+        content=row.content,
+        pk=row.resource_pk,
+        method=row.method,
+    )
+
+
+def _aware(moment: datetime) -> datetime:
+    """In UTC: SQLite returns naive datetimes (stored in UTC), PostgreSQL the session's zone."""
+    return moment.astimezone(dates.UTC) if moment.tzinfo else moment.replace(tzinfo=dates.UTC)
+
+
+def read(session: Session, resource_type: str, resource_id: str) -> Stored:
+    check_type(resource_type)
+    row = session.execute(
+        select(*_VERSION_COLUMNS)
+        .join(resource, and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id))
+        .where(resource.c.res_type == resource_type, resource.c.res_id == resource_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"{resource_type}/{resource_id} is not known", expression=[resource_type])
+    stored = _stored(row)
+    if stored.deleted:
+        raise Gone(f"{resource_type}/{resource_id} was deleted", expression=[resource_type])
+    return stored
+
+
+def vread(session: Session, resource_type: str, resource_id: str, version_id: str) -> Stored:
+    check_type(resource_type)
+    if not version_id.isdigit():
+        raise NotFound(f"version {version_id!r} of {resource_type}/{resource_id} is not known")
+    row = session.execute(
+        select(*_VERSION_COLUMNS).where(
+            resource_version.c.res_type == resource_type,
+            resource_version.c.res_id == resource_id,
+            resource_version.c.version_id == int(version_id),
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"version {version_id} of {resource_type}/{resource_id} is not known")
+    stored = _stored(row)
+    if stored.deleted:
+        raise Gone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
+    return stored
+
+
+def current(session: Session, resource_type: str, resource_id: str, *, lock: bool = False) -> Current | None:
+    statement = select(resource.c.pk, resource.c.version_id, resource.c.deleted).where(
+        resource.c.res_type == resource_type, resource.c.res_id == resource_id
+    )
+    row = session.execute(statement.with_for_update() if lock else statement).first()
+    return Current(row.pk, row.version_id, row.deleted) if row else None
+
+
+# --- writes ----------------------------------------------------------------------------------------------------
+
+
+def prepare(resource_type: str, body: Any, *, expected_id: str | None = None) -> dict[str, Any]:
+    """Check a request body is a valid resource of the expected type (and id, for updates)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object holding a FHIR resource", expression=[resource_type])
+    if body.get("resourceType") != resource_type:
+        raise InvalidRequest(
+            f"resourceType {body.get('resourceType')!r} does not match the URL's {resource_type}",
+            expression=["resourceType"],
+        )
+    if expected_id is not None:
+        if "id" not in body:
+            raise InvalidRequest("an update must carry the resource id in the body", expression=[f"{resource_type}.id"])
+        if body["id"] != expected_id:
+            raise InvalidRequest(
+                f"body id {body['id']!r} does not match the URL's {expected_id!r}", expression=[f"{resource_type}.id"]
+            )
+    resources.validate(body)
+    return body
+
+
+def plan_create(resource_type: str, body: dict[str, Any], resource_id: str | None = None) -> Write:
+    return Write(resource_type, resource_id or new_id(), "POST", body, None)
+
+
+def plan_update(session: Session, resource_type: str, resource_id: str, body: dict[str, Any], *, if_match: int | None) -> Write:
+    check_id(resource_id)
+    found = current(session, resource_type, resource_id, lock=True)
+    check_version(resource_type, resource_id, found, if_match)
+    return Write(resource_type, resource_id, "PUT", body, found)
+
+
+def check_version(resource_type: str, resource_id: str, found: Current | None, if_match: int | None) -> None:
+    if if_match is None:
+        return
+    if found is None or found.deleted:
+        raise PreconditionFailed(f"If-Match given but {resource_type}/{resource_id} does not exist", expression=["If-Match"])
+    if found.version_id != if_match:
+        raise PreconditionFailed(
+            f"{resource_type}/{resource_id} is at version {found.version_id}, not {if_match}", expression=["If-Match"]
+        )
+
+
+def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
+    """Store new versions and their index rows: a few batched statements whatever the number of writes."""
+    if not writes:
+        return []
+    begin_write(session)
+    settings = get_settings()
+    moment = dates.now()
+    last_updated = dates.instant(moment)
+    pks: dict[int, int] = {}
+
+    new = [i for i, w in enumerate(writes) if w.current is None]
+    if new:
+        result = session.execute(
+            insert(resource).returning(resource.c.pk, sort_by_parameter_order=True),
+            [
+                {"res_type": writes[i].resource_type, "res_id": writes[i].resource_id, "version_id": 1,
+                 "last_updated": moment, "deleted": writes[i].content is None}
+                for i in new
+            ],
+        )
+        pks.update(zip(new, result.scalars(), strict=True))
+    existing = [i for i, w in enumerate(writes) if w.current is not None]
+    if existing:
+        session.execute(
+            sql_update(resource)
+            .where(resource.c.pk == bindparam("b_pk"))
+            .values(version_id=bindparam("b_version"), last_updated=bindparam("b_at"), deleted=bindparam("b_deleted")),
+            [
+                {"b_pk": writes[i].current.pk, "b_version": writes[i].current.version_id + 1,  # type: ignore[union-attr]
+                 "b_at": moment, "b_deleted": writes[i].content is None}
+                for i in existing
+            ],
+        )
+        for i in existing:
+            pks[i] = writes[i].current.pk  # type: ignore[union-attr]
+        stale = [pks[i] for i in existing]
+        for table in INDEX_TABLES.values():
+            session.execute(sql_delete(table).where(table.c.resource_pk.in_(stale)))
+
+    stored: list[Stored] = []
+    version_rows: list[dict[str, Any]] = []
+    index: dict[str, list[dict[str, Any]]] = {kind: [] for kind in INDEX_TABLES}
+    for i, write in enumerate(writes):
+        version_id = write.current.version_id + 1 if write.current else 1
+        text = None
+        if write.content is not None:
+            content = write.content
+            content["id"] = write.resource_id
+            content["meta"] = {**(content.get("meta") or {}), "versionId": str(version_id), "lastUpdated": last_updated}
+            text = orjson.dumps(content).decode()
+            for kind, rows in index_rows(content, zone=settings.zone, base_url=settings.base_url).items():
+                index[kind].extend({**row, "resource_pk": pks[i]} for row in rows)
+        version_rows.append(
+            {"resource_pk": pks[i], "version_id": version_id, "res_type": write.resource_type, "res_id": write.resource_id,
+             "last_updated": moment, "method": write.method, "deleted": write.content is None, "content": text}
+        )
+        created = write.current is None or write.current.deleted
+        stored.append(
+            Stored(write.resource_type, write.resource_id, version_id, moment, write.content is None, text, pks[i],
+                   write.method, created=created and write.content is not None)
+        )
+    session.execute(insert(resource_version), version_rows)
+    for kind, rows in index.items():
+        if rows:
+            session.execute(insert(INDEX_TABLES[kind]), rows)
+    return stored
+
+
+def create(session: Session, resource_type: str, body: Any, *, if_none_exist: str | None = None) -> Stored:
+    """Create with a server-assigned id; with If-None-Exist, return the one existing match instead."""
+    check_type(resource_type)
+    prepared = prepare(resource_type, body)
+    if if_none_exist is not None:
+        params = parse_query(if_none_exist)
+        lock_key(session, f"{resource_type}?{sorted(params)}")
+        matches = match(session, resource_type, params)
+        if len(matches) > 1:
+            raise PreconditionFailed(f"If-None-Exist matches {len(matches)} {resource_type} resources", expression=["If-None-Exist"])
+        if matches:
+            return read(session, resource_type, matches[0])
+    return apply(session, [plan_create(resource_type, prepared)])[0]
+
+
+def update(session: Session, resource_type: str, resource_id: str, body: Any, *, if_match: int | None = None) -> Stored:
+    """Update, or create with the client's id when the resource is new (update-as-create)."""
+    check_type(resource_type)
+    check_id(resource_id)
+    prepared = prepare(resource_type, body, expected_id=resource_id)
+    lock_key(session, f"{resource_type}/{resource_id}")
+    return apply(session, [plan_update(session, resource_type, resource_id, prepared, if_match=if_match)])[0]
+
+
+def conditional_update(
+    session: Session, resource_type: str, params: list[tuple[str, str]], body: Any, *, if_match: int | None = None
+) -> Stored:
+    """PUT Type?criteria: no match creates, one match updates it, several fail with 412."""
+    check_type(resource_type)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object holding a FHIR resource", expression=[resource_type])
+    lock_key(session, f"{resource_type}?{sorted(params)}")
+    matches = match(session, resource_type, params)
+    if len(matches) > 1:
+        raise PreconditionFailed(f"the criteria match {len(matches)} {resource_type} resources", expression=[resource_type])
+    if matches:
+        if "id" in body and body["id"] != matches[0]:
+            raise InvalidRequest(f"body id {body['id']!r} is not the matched resource {matches[0]!r}", expression=[f"{resource_type}.id"])
+        prepared = prepare(resource_type, {**body, "id": matches[0]}, expected_id=matches[0])
+        return apply(session, [plan_update(session, resource_type, matches[0], prepared, if_match=if_match)])[0]
+    resource_id = body.get("id")
+    if resource_id is not None:
+        check_id(resource_id)
+        if current(session, resource_type, resource_id) is not None:
+            raise Conflict(f"{resource_type}/{resource_id} exists but does not match the criteria", expression=[f"{resource_type}.id"])
+    prepared = prepare(resource_type, body)
+    return apply(session, [plan_create(resource_type, prepared, resource_id)])[0]
+
+
+def patch(session: Session, resource_type: str, resource_id: str, operations: Any, *, if_match: int | None = None) -> Stored:
+    """JSON Patch (RFC 6902) on the current version; the result must be a valid resource with the same id."""
+    existing = read(session, resource_type, resource_id)
+    check_version(resource_type, resource_id, Current(existing.pk, existing.version_id, False), if_match)
+    assert existing.content is not None
+    try:
+        patched = jsonpatch.apply_patch(orjson.loads(existing.content), operations)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"the JSON Patch cannot be applied: {exc}", expression=[resource_type]) from None
+    prepared = prepare(resource_type, patched, expected_id=resource_id)
+    found = current(session, resource_type, resource_id, lock=True)
+    check_version(resource_type, resource_id, found, existing.version_id)
+    return apply(session, [Write(resource_type, resource_id, "PATCH", prepared, found)])[0]
+
+
+def delete_resource(session: Session, resource_type: str, resource_id: str) -> Stored | None:
+    """Logical delete: a new version marked deleted. Deleting what is absent or already deleted is not an error."""
+    check_type(resource_type)
+    found = current(session, resource_type, resource_id, lock=True)
+    if found is None or found.deleted:
+        return None
+    return apply(session, [Write(resource_type, resource_id, "DELETE", None, found)])[0]
+
+
+def conditional_delete(session: Session, resource_type: str, params: list[tuple[str, str]]) -> Stored | None:
+    check_type(resource_type)
+    lock_key(session, f"{resource_type}?{sorted(params)}")
+    matches = match(session, resource_type, params)
+    if len(matches) > 1:
+        raise PreconditionFailed(f"the criteria match {len(matches)} {resource_type} resources", expression=[resource_type])
+    return delete_resource(session, resource_type, matches[0]) if matches else None
+
+
+# --- search ----------------------------------------------------------------------------------------------------
+
+
+def parse_query(query_string: str) -> list[tuple[str, str]]:
+    params = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
+    if not params:
+        raise InvalidRequest("conditional criteria are empty", expression=["If-None-Exist"])
+    return params
+
+
+def match(session: Session, resource_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[str]:
+    """Ids of (at most `limit`) current resources matching search criteria: the core of conditional interactions."""
+    if not params:
+        raise InvalidRequest("conditional criteria are empty", expression=[resource_type])
+    request = fhir_search.parse(resource_type, params)
+    if not request.criteria:
+        raise InvalidRequest("conditional criteria must contain search parameters", expression=[resource_type])
+    settings = get_settings()
+    conditions = [
+        query.condition(resource, resource_type, c, zone=settings.zone, base_url=settings.base_url) for c in request.criteria
+    ]
+    return list(
+        session.scalars(
+            select(resource.c.res_id)
+            .where(resource.c.res_type == resource_type, resource.c.deleted == false(), *conditions)
+            .limit(limit)
+        )
+    )
+
+
+def search(session: Session, request: SearchRequest) -> SearchPage:
+    resource_type = request.resource_type
+    check_type(resource_type)
+    settings = get_settings()
+    conditions = [resource.c.res_type == resource_type, resource.c.deleted == false()]
+    conditions += [
+        query.condition(resource, resource_type, c, zone=settings.zone, base_url=settings.base_url) for c in request.criteria
+    ]
+    if request.summary == "count" or request.count == 0:
+        return SearchPage([], total=_count(session, conditions) if request.total != "none" else None)
+
+    keys = [
+        (query.sort_expression(resource, resource_type, name, descending, parameter_type(resource_type, name) or ""), descending)
+        for name, descending in request.sort
+    ]
+    keys.append((resource.c.pk, bool(request.sort and request.sort[-1][1])))
+    labelled = [(key.label(f"sort_{i}"), descending) for i, (key, descending) in enumerate(keys)]
+    page_conditions = list(conditions)
+    if request.cursor:
+        values = query.decode_cursor(request.cursor, len(keys))
+        page_conditions.append(query.after_cursor(keys, values))
+    statement = (
+        select(*_VERSION_COLUMNS, *(label for label, _ in labelled))
+        .join(resource, and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id))
+        .where(*page_conditions)
+        .order_by(*(label.desc() if descending else label.asc() for label, descending in labelled))
+        .limit(request.count + 1)
+    )
+    rows = session.execute(statement).all()
+    more = len(rows) > request.count
+    rows = rows[: request.count]
+    page = SearchPage([_stored(row) for row in rows])
+    if more:
+        page.next_cursor = query.encode_cursor([row._mapping[f"sort_{i}"] for i in range(len(keys))] if rows else [])
+    if request.total == "accurate" or (request.total != "none" and not request.cursor and not more):
+        page.total = len(rows) if not more and not request.cursor else _count(session, conditions)
+    page.included = _included(session, request, page.matches)
+    return page
+
+
+def _count(session: Session, conditions: list[Any]) -> int:
+    return int(session.scalar(select(func.count()).select_from(resource).where(*conditions)) or 0)
+
+
+def _included(session: Session, request: SearchRequest, matches: list[Stored]) -> list[Stored]:
+    if not matches or not (request.includes or request.revincludes):
+        return []
+    seen = {(m.resource_type, m.resource_id) for m in matches}
+    pks: set[int] = set()
+    for include in request.includes:
+        where = [search_reference.c.resource_pk.in_([m.pk for m in matches]), search_reference.c.param == include.parameter]
+        if include.target_type:
+            where.append(search_reference.c.target_type == include.target_type)
+        targets = session.execute(select(search_reference.c.target_type, search_reference.c.target_id).where(*where)).all()
+        pairs = [(t, i) for t, i in targets if t and (t, i) not in seen]
+        for target_type, ids in _group(pairs).items():
+            pks.update(
+                session.scalars(
+                    select(resource.c.pk).where(resource.c.res_type == target_type, resource.c.res_id.in_(ids), resource.c.deleted == false())
+                )
+            )
+    for include in request.revincludes:
+        if include.target_type and include.target_type != request.resource_type:
+            continue
+        where = [
+            search_reference.c.target_type == request.resource_type,
+            search_reference.c.target_id.in_([m.resource_id for m in matches]),
+            search_reference.c.param == include.parameter,
+        ]
+        if include.source_type != "*":
+            where.append(search_reference.c.res_type == include.source_type)
+        pks.update(session.scalars(select(search_reference.c.resource_pk).where(*where).limit(MAX_INCLUDES)))
+    pks -= {m.pk for m in matches}
+    if not pks:
+        return []
+    rows = session.execute(
+        select(*_VERSION_COLUMNS)
+        .join(resource, and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id))
+        .where(resource.c.pk.in_(sorted(pks)[:MAX_INCLUDES]), resource.c.deleted == false())
+        .order_by(resource.c.pk)
+    ).all()
+    return [_stored(row) for row in rows]
+
+
+def _group(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for resource_type, resource_id in pairs:
+        grouped.setdefault(resource_type, []).append(resource_id)
+    return grouped
+
+
+# --- history ---------------------------------------------------------------------------------------------------
+
+
+def history(
+    session: Session,
+    *,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+    since: datetime | None = None,
+    count: int = 20,
+    cursor: str | None = None,
+) -> HistoryPage:
+    """Versions newest first (instance, type or whole-system history), paged by a keyset cursor."""
+    conditions = []
+    if resource_type is not None:
+        check_type(resource_type)
+        conditions.append(resource_version.c.res_type == resource_type)
+    if resource_id is not None:
+        found = current(session, resource_type or "", resource_id)
+        if found is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known", expression=[resource_type or ""])
+        conditions.append(resource_version.c.resource_pk == found.pk)
+    if since is not None:
+        conditions.append(resource_version.c.last_updated >= since)
+    keys = [(resource_version.c.last_updated, True), (resource_version.c.resource_pk, True), (resource_version.c.version_id, True)]
+    if cursor:
+        conditions.append(query.after_cursor(keys, query.decode_cursor(cursor, len(keys))))
+    rows = session.execute(
+        select(*_VERSION_COLUMNS).where(*conditions).order_by(*(key.desc() for key, _ in keys)).limit(count + 1)
+    ).all()
+    page = HistoryPage([_stored(row) for row in rows[:count]])
+    if len(rows) > count and count > 0:
+        last = rows[count - 1]
+        page.next_cursor = query.encode_cursor([_aware(last.last_updated), last.resource_pk, last.version_id])
+    return page

@@ -1,0 +1,65 @@
+"""The registry of search parameters, read from search_parameters.yaml and fitted to each resource type's model."""
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from app.fhir import resources
+
+REGISTRY_FILE = Path(__file__).with_name("search_parameters.yaml")
+#: Built in: served from the resource row, not the index.
+SPECIAL = {"_id": "token", "_lastUpdated": "date"}
+
+
+@dataclass(frozen=True)
+class SearchParameter:
+    name: str
+    type: str  # token | string | date | reference
+    paths: tuple[str, ...]
+    target: str | None = None
+    where: tuple[tuple[str, str], ...] = field(default=())
+
+
+@cache
+def _registry() -> dict[str, Any]:
+    return yaml.safe_load(REGISTRY_FILE.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def _has_element(elements: frozenset[str], path: str) -> bool:
+    head = path.split(".", 1)[0]
+    return head in elements or any(name.startswith(head) and name[len(head) : len(head) + 1].isupper() for name in elements)
+
+
+def _make(name: str, spec: dict[str, Any], elements: frozenset[str]) -> SearchParameter | None:
+    paths = tuple(path for path in spec["path"] if _has_element(elements, path))
+    if not paths:
+        return None
+    where = tuple(sorted((spec.get("where") or {}).items()))
+    return SearchParameter(name, spec["type"], paths, spec.get("target"), where)
+
+
+@cache
+def parameters_for(resource_type: str) -> dict[str, SearchParameter]:
+    """The indexed search parameters of a resource type, by name."""
+    elements = resources.element_names(resource_type)
+    registry = _registry()
+    found: dict[str, SearchParameter] = {}
+    for name, spec in {**registry["common"], **registry["types"].get(resource_type, {})}.items():
+        parameter = _make(name, spec, elements)
+        if parameter is not None:
+            found[name] = parameter
+    return found
+
+
+def parameter(resource_type: str, name: str) -> SearchParameter | None:
+    return parameters_for(resource_type).get(name)
+
+
+def parameter_type(resource_type: str, name: str) -> str | None:
+    if name in SPECIAL:
+        return SPECIAL[name]
+    found = parameter(resource_type, name)
+    return found.type if found else None

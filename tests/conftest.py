@@ -1,0 +1,87 @@
+"""Every test that takes `client` (or `engine`) runs on SQLite and on PostgreSQL, against a schema built by alembic.
+
+PostgreSQL is the `test` database on 127.0.0.1 (QIAO_TEST_POSTGRES_URL); each test worker has its own schema.
+Without a reachable PostgreSQL those runs are skipped, unless QIAO_TEST_REQUIRE_POSTGRES=1 (CI) makes it a failure.
+Tests commit for real (conditional create is tested under concurrency), and tables are emptied after each test.
+"""
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+
+from app import db, migrate
+from app.main import create_app
+
+POSTGRES_URL = os.environ.get("QIAO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REQUIRE_POSTGRES = os.environ.get("QIAO_TEST_REQUIRE_POSTGRES") == "1"
+TABLES = ("search_reference", "search_date", "search_string", "search_token", "resource_version", "resource")
+
+
+def _postgres_engine(worker: str) -> Engine:
+    schema = f"qiao_test_{worker}"
+    admin = db.make_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "no PostgreSQL here"
+        if REQUIRE_POSTGRES:
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {type(exc).__name__}")
+    finally:
+        admin.dispose()
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return db.make_engine(f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}", pool_size=25)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        path: Path = tmp_path_factory.mktemp("sqlite") / "qiao.sqlite3"
+        engine = db.make_engine(f"sqlite:///{path}")
+    else:
+        engine = _postgres_engine(worker_id)
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def app_engine(engine: Engine) -> Iterator[Engine]:
+    db.set_engine(engine)
+    yield engine
+    with engine.begin() as conn:
+        for table in TABLES:
+            conn.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture
+def client(app_engine: Engine) -> Iterator[TestClient]:
+    with TestClient(create_app(), base_url="http://testserver") as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def server_url(app_engine: Engine) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port, for FHIR client libraries and concurrency tests."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/fhir"
+    server.should_exit = True
+    thread.join(timeout=10)
