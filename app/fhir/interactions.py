@@ -20,6 +20,7 @@ def search(session: Session, resource_type: str, params: list[tuple[str, str]], 
     request = fhir_search.parse(
         resource_type, params, lenient=lenient, default_count=settings.default_page_size, max_count=settings.max_page_size
     )
+    request.base_url = base
     page = store.search(session, request)
     bundle = formats.searchset(page, base, resource_type, request.applied, request.count)
     if request.elements:

@@ -51,6 +51,8 @@ class SearchRequest:
     total: Literal["none", "estimate", "accurate"] | None = None
     elements: tuple[str, ...] = ()
     cursor: str | None = None
+    #: This server's base URL as the client sees it: absolute references to it are local references.
+    base_url: str = ""
     #: (name, value) pairs that were applied, for self and next links.
     applied: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)

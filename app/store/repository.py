@@ -407,10 +407,9 @@ def search(session: Session, request: SearchRequest) -> SearchPage:
     resource_type = request.resource_type
     check_type(resource_type)
     settings = get_settings()
+    base_url = request.base_url or settings.base_url
     conditions = [resource.c.res_type == resource_type, resource.c.deleted == false()]
-    conditions += [
-        query.condition(resource, resource_type, c, zone=settings.zone, base_url=settings.base_url) for c in request.criteria
-    ]
+    conditions += [query.condition(resource, resource_type, c, zone=settings.zone, base_url=base_url) for c in request.criteria]
     if request.summary == "count" or request.count == 0:
         return SearchPage([], total=_count(session, conditions) if request.total != "none" else None)
 
@@ -435,8 +434,9 @@ def search(session: Session, request: SearchRequest) -> SearchPage:
     more = len(rows) > request.count
     rows = rows[: request.count]
     page = SearchPage([_stored(row) for row in rows])
-    if more:
-        page.next_cursor = query.encode_cursor([row._mapping[f"sort_{i}"] for i in range(len(keys))] if rows else [])
+    if more and rows:
+        last = rows[-1]._mapping
+        page.next_cursor = query.encode_cursor([last[f"sort_{i}"] for i in range(len(keys))])
     if request.total == "accurate" or (request.total != "none" and not request.cursor and not more):
         page.total = len(rows) if not more and not request.cursor else _count(session, conditions)
     page.included = _included(session, request, page.matches)
