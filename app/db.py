@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy import Engine, MetaData, Table, create_engine, event, insert, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings, get_settings
@@ -98,7 +98,9 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(session_scope)]
+#: scope="function": the commit happens before the response is sent, so a client never sees a success that was not
+#: committed (FastAPI's default request scope runs the exit code after the response).
+SessionDep = Annotated[Session, Depends(session_scope, scope="function")]
 
 
 def begin_write(session: Session) -> None:
@@ -117,3 +119,19 @@ def lock_key(session: Session, key: str) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": int.from_bytes(digest, "big", signed=True)})
     else:
         begin_write(session)
+
+
+def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows in the session's transaction: COPY on PostgreSQL (several times executemany's rate)."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        session.execute(insert(table), rows)
+        return
+    columns = list(rows[0])
+    driver_connection = connection.connection.driver_connection
+    with driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])

@@ -19,7 +19,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.db import begin_write, lock_key
+from app.db import begin_write, bulk_insert, lock_key
 from app.errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
 from app.fhir import resources
 from app.fhir import search as fhir_search
@@ -284,10 +284,9 @@ def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
             Stored(write.resource_type, write.resource_id, version_id, moment, write.content is None, text, pks[i],
                    write.method, created=created and write.content is not None)
         )
-    session.execute(insert(resource_version), version_rows)
+    bulk_insert(session, resource_version, version_rows)
     for kind, rows in index.items():
-        if rows:
-            session.execute(insert(INDEX_TABLES[kind]), rows)
+        bulk_insert(session, INDEX_TABLES[kind], rows)
     return stored
 
 

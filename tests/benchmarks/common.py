@@ -1,0 +1,222 @@
+"""Shared benchmark plumbing: a scratch PostgreSQL database, a `qiao serve` subprocess, RSS sampling, an HTTP load loop."""
+
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+
+ADMIN_URL = os.environ.get("QIAO_BENCH_POSTGRES_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parents[2]
+FAMILIES = ["张", "王", "李", "赵", "刘", "陈", "杨", "黄", "周", "吴", "欧阳", "司马", "诸葛"]
+GIVEN = ["伟", "芳", "娜", "秀英", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "翠花"]
+WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
+
+
+def scratch_database(name: str) -> str:
+    """Drop and create a database for a benchmark; returns its URL."""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def id_card(n: int) -> str:
+    """A valid GB 11643 number, distinct for each n."""
+    body = f"110105{1940 + n % 70:04d}{1 + n % 12:02d}{1 + n % 28:02d}"
+    body += f"{n // 23520 % 1000:03d}"
+    total = sum(int(d) * w for d, w in zip(body, WEIGHTS, strict=True)) % 11
+    return body + "10X98765432"[total]
+
+
+def patient(n: int, rng: random.Random) -> dict:
+    return {
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": "urn:oid:2.16.156.10011.1.3", "value": f"{id_card(n)[:-4]}{n % 10000:04d}"},
+            {"system": "urn:oid:2.16.156.10011.1.11.99", "value": f"MZ{n:09d}"},
+        ],
+        "name": [{"family": rng.choice(FAMILIES), "given": [rng.choice(GIVEN)]}],
+        "gender": rng.choice(["male", "female"]),
+        "birthDate": f"{1940 + n % 70}-{1 + n % 12:02d}-{1 + n % 28:02d}",
+        "telecom": [{"system": "phone", "value": f"138{n:08d}"}],
+        "address": [{"text": "北京市东城区和平里街道", "district": "东城区", "postalCode": "100013"}],
+    }
+
+
+def blood_pressure(subject: str, n: int, rng: random.Random) -> dict:
+    def component(code: str, value: int) -> dict:
+        return {
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "valueQuantity": {"value": value, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"},
+        }
+
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure panel"}]},
+        "subject": {"reference": subject},
+        "effectiveDateTime": f"2026-{1 + n % 12:02d}-{1 + n % 28:02d}T09:{n % 60:02d}:00+08:00",
+        "component": [component("8480-6", rng.randint(100, 190)), component("8462-4", rng.randint(60, 115))],
+    }
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    rss_samples: list[int] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def pids(self) -> list[int]:
+        found, stack = [], [self.process.pid]
+        while stack:
+            pid = stack.pop()
+            found.append(pid)
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+                    stack.extend(int(c) for c in children)
+            except FileNotFoundError:
+                continue
+        return found
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            except FileNotFoundError:
+                continue
+        return total
+
+    def sample_rss(self, interval: float = 0.25) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.rss_samples.append(self.rss_bytes())
+
+        threading.Thread(target=loop, daemon=True).start()
+
+
+@contextmanager
+def qiao_server(database_url: str, *, workers: int = 2, port: int = 8181) -> Iterator[Server]:
+    env = {**os.environ, "QIAO_DATABASE_URL": database_url, "QIAO_LOG_LEVEL": "WARNING", "QIAO_DB_POOL_SIZE": "12"}
+    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)]
+    process = subprocess.Popen(command, env=env, cwd=ROOT)
+    server = Server(process, f"http://127.0.0.1:{port}/fhir")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{server.url}/Patient?_count=1", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        raise RuntimeError("qiao serve did not start")
+    try:
+        yield server
+    finally:
+        server._stop.set()
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@dataclass
+class LoadResult:
+    latencies: list[float]
+    seconds: float
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+    def line(self, label: str) -> str:
+        return (
+            f"{label:<34} {self.rate:8.0f} req/s   p50 {self.percentile(50):6.2f} ms   p99 {self.percentile(99):6.2f} ms"
+            f"   ({len(self.latencies)} requests, {self.errors} errors)"
+        )
+
+
+async def _client(host: str, port: int, paths: Callable[[], str], until: float, out: list[float], errors: list[int]) -> None:
+    """One keep-alive HTTP/1.1 connection issuing GETs back to back (a minimal client, so the load costs little CPU)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    while time.perf_counter() < until:
+        request = f"GET {paths()} HTTP/1.1\r\nHost: {host}\r\nAccept: application/fhir+json\r\n\r\n".encode()
+        start = time.perf_counter()
+        writer.write(request)
+        status_line = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        out.append(time.perf_counter() - start)
+        if b" 200 " not in status_line:
+            errors[0] += 1
+    writer.close()
+
+
+def http_load(url: str, paths: Callable[[], str], *, clients: int = 16, seconds: float = 15.0) -> LoadResult:
+    parsed = httpx.URL(url)
+
+    async def run() -> LoadResult:
+        latencies: list[float] = []
+        errors = [0]
+        start = time.perf_counter()
+        until = start + seconds
+        await asyncio.gather(*(_client(parsed.host, parsed.port or 80, paths, until, latencies, errors) for _ in range(clients)))
+        return LoadResult(latencies, time.perf_counter() - start, errors[0])
+
+    return asyncio.run(run())
+
+
+def threaded_rate(work: Callable[[int], None], *, threads: int, seconds: float) -> LoadResult:
+    """Run work(i) from several threads for a while; used for the database baselines."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    until = time.perf_counter() + seconds
+
+    def loop(worker: int) -> None:
+        local, i = [], 0
+        while time.perf_counter() < until:
+            start = time.perf_counter()
+            work(worker * 10_000_000 + i)
+            local.append(time.perf_counter() - start)
+            i += 1
+        with lock:
+            latencies.extend(local)
+
+    begin = time.perf_counter()
+    pool = [threading.Thread(target=loop, args=(w,)) for w in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return LoadResult(latencies, time.perf_counter() - begin, 0)
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:.0f} MiB"
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
