@@ -44,21 +44,12 @@ def migrate() -> None:
 
 
 def serve(host: str, port: int, workers: int) -> None:
-    import uvicorn
+    from app import server
 
-    if workers > 1 and get_settings().effective_database_url.startswith("sqlite"):
+    settings = get_settings()
+    if workers > 1 and settings.effective_database_url.startswith("sqlite"):
         log.warning("serve.sqlite_single_writer", extra=qiao_logging.fields(workers=workers))
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-    )
+    server.run(host, port, workers, settings.log_level)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ any exception. Services flush when they need database-generated values; they nev
 """
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -38,7 +38,8 @@ def make_engine(url: str, *, pool_size: int = 16) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # no pool_pre_ping: it costs a round trip per request; stale connections are recycled instead
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -54,29 +55,31 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            connection.exec_driver_sql("BEGIN")
 
 
 _engine: Engine | None = None
 _session_factory: sessionmaker[Session] | None = None
+_read_session_factory: sessionmaker[Session] | None = None
 
 
 def get_engine(settings: Settings | None = None) -> Engine:
-    global _engine, _session_factory
     if _engine is None:
         settings = settings or get_settings()
         if settings.effective_database_url.startswith("sqlite"):
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        _engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
-        _session_factory = sessionmaker(_engine, expire_on_commit=False)
+        set_engine(make_engine(settings.effective_database_url, pool_size=settings.db_pool_size))
+    assert _engine is not None
     return _engine
 
 
 def set_engine(engine: Engine) -> None:
-    """Point the application at another engine (tests, benchmarks)."""
-    global _engine, _session_factory
+    """Point the application at an engine (at start-up; tests and benchmarks pass their own)."""
+    global _engine, _session_factory, _read_session_factory
     _engine = engine
     _session_factory = sessionmaker(engine, expire_on_commit=False)
+    _read_session_factory = sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
 
 
 def new_session() -> Session:
@@ -97,6 +100,22 @@ def session_scope() -> Iterator[Session]:
     finally:
         session.close()
 
+
+async def read_session_scope() -> AsyncIterator[Session]:
+    """Reads without BEGIN/COMMIT (autocommit): one round trip per query on the hot read and search paths.
+
+    Async on purpose: opening and closing an autocommit session does no I/O, so it needs no thread-pool hop.
+    """
+    get_engine()
+    assert _read_session_factory is not None
+    session = _read_session_factory()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+ReadSessionDep = Annotated[Session, Depends(read_session_scope, scope="function")]
 
 #: scope="function": the commit happens before the response is sent, so a client never sees a success that was not
 #: committed (FastAPI's default request scope runs the exit code after the response).

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 
-from app.db import SessionDep
+from app.db import ReadSessionDep, SessionDep
 from app.fhir import bundles, capability, formats, interactions
 from app.fhir.formats import FhirResponse
 from app.fhir.outcomes import information
@@ -59,18 +59,18 @@ def batch_or_transaction(request: Request, session: SessionDep, body: JsonBody) 
 
 
 @router.get("/_history")
-def system_history(request: Request, session: SessionDep) -> Response:
+def system_history(request: Request, session: ReadSessionDep) -> Response:
     return FhirResponse(interactions.history(session, _params(request), base=formats.base_url(request)))
 
 
 @router.get("/{resource_type}")
-def search(resource_type: str, request: Request, session: SessionDep) -> Response:
+def search(resource_type: str, request: Request, session: ReadSessionDep) -> Response:
     base = formats.base_url(request)
     return FhirResponse(interactions.search(session, resource_type, _params(request), base=base, lenient=_lenient(request)))
 
 
 @router.post("/{resource_type}/_search")
-def search_by_post(resource_type: str, request: Request, session: SessionDep, form: FormParams) -> Response:
+def search_by_post(resource_type: str, request: Request, session: ReadSessionDep, form: FormParams) -> Response:
     """Search with form parameters (and any URL parameters)."""
     params = _params(request) + form
     return FhirResponse(
@@ -97,14 +97,14 @@ def conditional_delete(resource_type: str, request: Request, session: SessionDep
 
 
 @router.get("/{resource_type}/_history")
-def type_history(resource_type: str, request: Request, session: SessionDep) -> Response:
+def type_history(resource_type: str, request: Request, session: ReadSessionDep) -> Response:
     store.check_type(resource_type)
     body = interactions.history(session, _params(request), base=formats.base_url(request), resource_type=resource_type)
     return FhirResponse(body)
 
 
 @router.get("/{resource_type}/{resource_id}")
-def read(resource_type: str, resource_id: str, session: SessionDep) -> Response:
+def read(resource_type: str, resource_id: str, session: ReadSessionDep) -> Response:
     return formats.resource_response(store.read(session, resource_type, resource_id))
 
 
@@ -133,7 +133,7 @@ def delete(resource_type: str, resource_id: str, session: SessionDep) -> Respons
 
 
 @router.get("/{resource_type}/{resource_id}/_history")
-def instance_history(resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+def instance_history(resource_type: str, resource_id: str, request: Request, session: ReadSessionDep) -> Response:
     base = formats.base_url(request)
     return FhirResponse(
         interactions.history(session, _params(request), base=base, resource_type=resource_type, resource_id=resource_id)
@@ -141,5 +141,5 @@ def instance_history(resource_type: str, resource_id: str, request: Request, ses
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}")
-def vread(resource_type: str, resource_id: str, version_id: str, session: SessionDep) -> Response:
+def vread(resource_type: str, resource_id: str, version_id: str, session: ReadSessionDep) -> Response:
     return formats.resource_response(store.vread(session, resource_type, resource_id, version_id))

@@ -138,7 +138,7 @@ def _aware(moment: datetime) -> datetime:
 
 def read(session: Session, resource_type: str, resource_id: str) -> Stored:
     check_type(resource_type)
-    row = session.execute(
+    row = session.connection().execute(
         select(*_VERSION_COLUMNS)
         .join(resource, and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id))
         .where(resource.c.res_type == resource_type, resource.c.res_id == resource_id)
@@ -155,7 +155,7 @@ def vread(session: Session, resource_type: str, resource_id: str, version_id: st
     check_type(resource_type)
     if not version_id.isdigit():
         raise NotFound(f"version {version_id!r} of {resource_type}/{resource_id} is not known")
-    row = session.execute(
+    row = session.connection().execute(
         select(*_VERSION_COLUMNS).where(
             resource_version.c.res_type == resource_type,
             resource_version.c.res_id == resource_id,
@@ -174,7 +174,7 @@ def current(session: Session, resource_type: str, resource_id: str, *, lock: boo
     statement = select(resource.c.pk, resource.c.version_id, resource.c.deleted).where(
         resource.c.res_type == resource_type, resource.c.res_id == resource_id
     )
-    row = session.execute(statement.with_for_update() if lock else statement).first()
+    row = session.connection().execute(statement.with_for_update() if lock else statement).first()
     return Current(row.pk, row.version_id, row.deleted) if row else None
 
 
@@ -235,7 +235,7 @@ def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
 
     new = [i for i, w in enumerate(writes) if w.current is None]
     if new:
-        result = session.execute(
+        result = session.connection().execute(
             insert(resource).returning(resource.c.pk, sort_by_parameter_order=True),
             [
                 {"res_type": writes[i].resource_type, "res_id": writes[i].resource_id, "version_id": 1,
@@ -246,7 +246,7 @@ def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
         pks.update(zip(new, result.scalars(), strict=True))
     existing = [i for i, w in enumerate(writes) if w.current is not None]
     if existing:
-        session.execute(
+        session.connection().execute(
             sql_update(resource)
             .where(resource.c.pk == bindparam("b_pk"))
             .values(version_id=bindparam("b_version"), last_updated=bindparam("b_at"), deleted=bindparam("b_deleted")),
@@ -260,7 +260,7 @@ def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
             pks[i] = writes[i].current.pk  # type: ignore[union-attr]
         stale = [pks[i] for i in existing]
         for table in INDEX_TABLES.values():
-            session.execute(sql_delete(table).where(table.c.resource_pk.in_(stale)))
+            session.connection().execute(sql_delete(table).where(table.c.resource_pk.in_(stale)))
 
     stored: list[Stored] = []
     version_rows: list[dict[str, Any]] = []
@@ -394,7 +394,7 @@ def match(session: Session, resource_type: str, params: list[tuple[str, str]], l
         query.condition(resource, resource_type, c, zone=settings.zone, base_url=settings.base_url) for c in request.criteria
     ]
     return list(
-        session.scalars(
+        session.connection().scalars(
             select(resource.c.res_id)
             .where(resource.c.res_type == resource_type, resource.c.deleted == false(), *conditions)
             .limit(limit)
@@ -429,7 +429,7 @@ def search(session: Session, request: SearchRequest) -> SearchPage:
         .order_by(*(label.desc() if descending else label.asc() for label, descending in labelled))
         .limit(request.count + 1)
     )
-    rows = session.execute(statement).all()
+    rows = session.connection().execute(statement).all()
     more = len(rows) > request.count
     rows = rows[: request.count]
     page = SearchPage([_stored(row) for row in rows])
@@ -443,7 +443,7 @@ def search(session: Session, request: SearchRequest) -> SearchPage:
 
 
 def _count(session: Session, conditions: list[Any]) -> int:
-    return int(session.scalar(select(func.count()).select_from(resource).where(*conditions)) or 0)
+    return int(session.connection().scalar(select(func.count()).select_from(resource).where(*conditions)) or 0)
 
 
 def _included(session: Session, request: SearchRequest, matches: list[Stored]) -> list[Stored]:
@@ -455,11 +455,11 @@ def _included(session: Session, request: SearchRequest, matches: list[Stored]) -
         where = [search_reference.c.resource_pk.in_([m.pk for m in matches]), search_reference.c.param == include.parameter]
         if include.target_type:
             where.append(search_reference.c.target_type == include.target_type)
-        targets = session.execute(select(search_reference.c.target_type, search_reference.c.target_id).where(*where)).all()
+        targets = session.connection().execute(select(search_reference.c.target_type, search_reference.c.target_id).where(*where)).all()
         pairs = [(t, i) for t, i in targets if t and (t, i) not in seen]
         for target_type, ids in _group(pairs).items():
             pks.update(
-                session.scalars(
+                session.connection().scalars(
                     select(resource.c.pk).where(resource.c.res_type == target_type, resource.c.res_id.in_(ids), resource.c.deleted == false())
                 )
             )
@@ -473,11 +473,11 @@ def _included(session: Session, request: SearchRequest, matches: list[Stored]) -
         ]
         if include.source_type != "*":
             where.append(search_reference.c.res_type == include.source_type)
-        pks.update(session.scalars(select(search_reference.c.resource_pk).where(*where).limit(MAX_INCLUDES)))
+        pks.update(session.connection().scalars(select(search_reference.c.resource_pk).where(*where).limit(MAX_INCLUDES)))
     pks -= {m.pk for m in matches}
     if not pks:
         return []
-    rows = session.execute(
+    rows = session.connection().execute(
         select(*_VERSION_COLUMNS)
         .join(resource, and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id))
         .where(resource.c.pk.in_(sorted(pks)[:MAX_INCLUDES]), resource.c.deleted == false())
@@ -520,7 +520,7 @@ def history(
     keys = [(resource_version.c.last_updated, True), (resource_version.c.resource_pk, True), (resource_version.c.version_id, True)]
     if cursor:
         conditions.append(query.after_cursor(keys, query.decode_cursor(cursor, len(keys))))
-    rows = session.execute(
+    rows = session.connection().execute(
         select(*_VERSION_COLUMNS).where(*conditions).order_by(*(key.desc() for key, _ in keys)).limit(count + 1)
     ).all()
     page = HistoryPage([_stored(row) for row in rows[:count]])
