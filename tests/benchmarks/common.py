@@ -32,9 +32,8 @@ def scratch_database(name: str) -> str:
 
 
 def id_card(n: int) -> str:
-    """A valid GB 11643 number, distinct for each n."""
-    body = f"110105{1940 + n % 70:04d}{1 + n % 12:02d}{1 + n % 28:02d}"
-    body += f"{n // 23520 % 1000:03d}"
+    """A valid GB 11643 number, distinct for each n below ten million (region and sequence digits encode n)."""
+    body = f"11{n // 1000 % 10000:04d}{1940 + n % 70:04d}{1 + n % 12:02d}{1 + n % 28:02d}{n % 1000:03d}"
     total = sum(int(d) * w for d, w in zip(body, WEIGHTS, strict=True)) % 11
     return body + "10X98765432"[total]
 
@@ -43,7 +42,7 @@ def patient(n: int, rng: random.Random) -> dict:
     return {
         "resourceType": "Patient",
         "identifier": [
-            {"system": "urn:oid:2.16.156.10011.1.3", "value": f"{id_card(n)[:-4]}{n % 10000:04d}"},
+            {"system": "urn:oid:2.16.156.10011.1.3", "value": id_card(n)},
             {"system": "urn:oid:2.16.156.10011.1.11.99", "value": f"MZ{n:09d}"},
         ],
         "name": [{"family": rng.choice(FAMILIES), "given": [rng.choice(GIVEN)]}],

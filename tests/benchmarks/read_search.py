@@ -18,7 +18,17 @@ import psycopg
 
 from app import db, migrate
 from app.store import repository
-from tests.benchmarks.common import blood_pressure, http_load, mib, patient, qiao_server, scratch_database, threaded_rate
+from tests.benchmarks.common import (
+    ADMIN_URL,
+    blood_pressure,
+    http_load,
+    id_card,
+    mib,
+    patient,
+    qiao_server,
+    scratch_database,
+    threaded_rate,
+)
 
 NAMESPACE = uuid.UUID("6b0f7c1e-8f9b-4d3c-9a59-2f5b6e3c1d00")
 BATCH = 2000
@@ -96,7 +106,7 @@ def main() -> None:
     patients = args.stored // 2
     name = "qiao_bench_read"
     if args.reuse:
-        database_url = scratch_database.__globals__["ADMIN_URL"].rsplit("/", 1)[0] + f"/{name}"
+        database_url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
         print(f"read/search: reusing {name}")
     else:
         database_url = scratch_database(name)
@@ -104,14 +114,13 @@ def main() -> None:
         print(f"read/search: loaded {args.stored} resources ({patients} Patients) at {rate:.0f}/s through the store")
 
     rng = random.Random(11)
-    from tests.benchmarks.common import id_card
 
     def read_path() -> str:
         return f"/fhir/Patient/{patient_id(rng.randrange(patients) * 2)}"
 
     def identifier_path() -> str:
         n = rng.randrange(patients) * 2
-        value = f"{id_card(n)[:-4]}{n % 10000:04d}"
+        value = id_card(n)
         return f"/fhir/Patient?identifier={quote('urn:oid:2.16.156.10011.1.3|' + value, safe='')}"
 
     with qiao_server(database_url, workers=args.workers) as server:
