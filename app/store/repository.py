@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 
 import jsonpatch
 import orjson
-from sqlalchemy import Row, and_, bindparam, false, func, insert, select
+from sqlalchemy import Row, and_, bindparam, false, insert, select
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
@@ -136,13 +136,27 @@ def _aware(moment: datetime) -> datetime:
     return moment.astimezone(dates.UTC) if moment.tzinfo else moment.replace(tzinfo=dates.UTC)
 
 
+_CURRENT_VERSION = and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id)
+# Statements of fixed shape are built once: building a statement costs several times more than running it.
+_READ = (
+    select(*_VERSION_COLUMNS)
+    .join(resource, _CURRENT_VERSION)
+    .where(resource.c.res_type == bindparam("rtype"), resource.c.res_id == bindparam("rid"))
+)
+_VREAD = select(*_VERSION_COLUMNS).where(
+    resource_version.c.res_type == bindparam("rtype"),
+    resource_version.c.res_id == bindparam("rid"),
+    resource_version.c.version_id == bindparam("vid"),
+)
+_CURRENT = select(resource.c.pk, resource.c.version_id, resource.c.deleted).where(
+    resource.c.res_type == bindparam("rtype"), resource.c.res_id == bindparam("rid")
+)
+_CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
+
+
 def read(session: Session, resource_type: str, resource_id: str) -> Stored:
     check_type(resource_type)
-    row = session.connection().execute(
-        select(*_VERSION_COLUMNS)
-        .join(resource, and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id))
-        .where(resource.c.res_type == resource_type, resource.c.res_id == resource_id)
-    ).first()
+    row = session.connection().execute(_READ, {"rtype": resource_type, "rid": resource_id}).first()
     if row is None:
         raise NotFound(f"{resource_type}/{resource_id} is not known", expression=[resource_type])
     stored = _stored(row)
@@ -155,13 +169,7 @@ def vread(session: Session, resource_type: str, resource_id: str, version_id: st
     check_type(resource_type)
     if not version_id.isdigit():
         raise NotFound(f"version {version_id!r} of {resource_type}/{resource_id} is not known")
-    row = session.connection().execute(
-        select(*_VERSION_COLUMNS).where(
-            resource_version.c.res_type == resource_type,
-            resource_version.c.res_id == resource_id,
-            resource_version.c.version_id == int(version_id),
-        )
-    ).first()
+    row = session.connection().execute(_VREAD, {"rtype": resource_type, "rid": resource_id, "vid": int(version_id)}).first()
     if row is None:
         raise NotFound(f"version {version_id} of {resource_type}/{resource_id} is not known")
     stored = _stored(row)
@@ -171,10 +179,8 @@ def vread(session: Session, resource_type: str, resource_id: str, version_id: st
 
 
 def current(session: Session, resource_type: str, resource_id: str, *, lock: bool = False) -> Current | None:
-    statement = select(resource.c.pk, resource.c.version_id, resource.c.deleted).where(
-        resource.c.res_type == resource_type, resource.c.res_id == resource_id
-    )
-    row = session.connection().execute(statement.with_for_update() if lock else statement).first()
+    statement = _CURRENT_FOR_UPDATE if lock else _CURRENT
+    row = session.connection().execute(statement, {"rtype": resource_type, "rid": resource_id}).first()
     return Current(row.pk, row.version_id, row.deleted) if row else None
 
 
@@ -382,6 +388,21 @@ def parse_query(query_string: str) -> list[tuple[str, str]]:
     return params
 
 
+_VERSION_SELECT = (
+    "SELECT v.resource_pk, v.res_type, v.res_id, v.version_id, v.last_updated, v.deleted,"
+    " CAST(v.content AS TEXT) AS content, v.method"
+)
+_VERSION_TYPES: tuple[tuple[str, Any], ...] = (("last_updated", query.TIMESTAMP),)
+
+
+def _where(sql: query.Sql, resource_type: str, request: SearchRequest) -> list[str]:
+    settings = get_settings()
+    base_url = request.base_url or settings.base_url
+    clauses = [f"r.res_type = {sql.name(resource_type)}", "r.deleted = FALSE"]
+    clauses += [query.condition(sql, "r", resource_type, c, zone=settings.zone, base_url=base_url) for c in request.criteria]
+    return clauses
+
+
 def match(session: Session, resource_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[str]:
     """Ids of (at most `limit`) current resources matching search criteria: the core of conditional interactions."""
     if not params:
@@ -389,47 +410,38 @@ def match(session: Session, resource_type: str, params: list[tuple[str, str]], l
     request = fhir_search.parse(resource_type, params)
     if not request.criteria:
         raise InvalidRequest("conditional criteria must contain search parameters", expression=[resource_type])
-    settings = get_settings()
-    conditions = [
-        query.condition(resource, resource_type, c, zone=settings.zone, base_url=settings.base_url) for c in request.criteria
-    ]
-    return list(
-        session.connection().scalars(
-            select(resource.c.res_id)
-            .where(resource.c.res_type == resource_type, resource.c.deleted == false(), *conditions)
-            .limit(limit)
-        )
-    )
+    sql = query.Sql()
+    where = " AND ".join(_where(sql, resource_type, request))
+    statement = sql.statement(f"SELECT r.res_id FROM resource r WHERE {where} LIMIT {int(limit)}")
+    return list(session.connection().scalars(statement, sql.params))
 
 
 def search(session: Session, request: SearchRequest) -> SearchPage:
     resource_type = request.resource_type
     check_type(resource_type)
-    settings = get_settings()
-    base_url = request.base_url or settings.base_url
-    conditions = [resource.c.res_type == resource_type, resource.c.deleted == false()]
-    conditions += [query.condition(resource, resource_type, c, zone=settings.zone, base_url=base_url) for c in request.criteria]
+    sql = query.Sql()
+    where = _where(sql, resource_type, request)
     if request.summary == "count" or request.count == 0:
-        return SearchPage([], total=_count(session, conditions) if request.total != "none" else None)
+        return SearchPage([], total=_count(session, sql, where) if request.total != "none" else None)
 
     keys = [
-        (query.sort_expression(resource, resource_type, name, descending, parameter_type(resource_type, name) or ""), descending)
+        (query.sort_expression(sql, "r", resource_type, name, descending, parameter_type(resource_type, name) or ""), descending)
         for name, descending in request.sort
     ]
-    keys.append((resource.c.pk, bool(request.sort and request.sort[-1][1])))
-    labelled = [(key.label(f"sort_{i}"), descending) for i, (key, descending) in enumerate(keys)]
-    page_conditions = list(conditions)
+    keys.append(("r.pk", bool(request.sort and request.sort[-1][1])))
+    page_where = list(where)
     if request.cursor:
-        values = query.decode_cursor(request.cursor, len(keys))
-        page_conditions.append(query.after_cursor(keys, values))
-    statement = (
-        select(*_VERSION_COLUMNS, *(label for label, _ in labelled))
-        .join(resource, and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id))
-        .where(*page_conditions)
-        .order_by(*(label.desc() if descending else label.asc() for label, descending in labelled))
-        .limit(request.count + 1)
+        page_where.append(query.after_cursor(sql, keys, query.decode_cursor(request.cursor, len(keys))))
+    sort_columns = "".join(f", {key} AS sort_{i}" for i, (key, _) in enumerate(keys))
+    order = ", ".join(f"sort_{i} {'DESC' if descending else 'ASC'}" for i, (_, descending) in enumerate(keys))
+    timestamps = tuple((f"sort_{i}", query.TIMESTAMP) for i, (key, _) in enumerate(keys) if key == "r.last_updated")
+    statement = sql.statement(
+        f"{_VERSION_SELECT}{sort_columns} FROM resource r"
+        " JOIN resource_version v ON v.resource_pk = r.pk AND v.version_id = r.version_id"
+        f" WHERE {' AND '.join(page_where)} ORDER BY {order} LIMIT {int(request.count) + 1}",
+        _VERSION_TYPES + timestamps,
     )
-    rows = session.connection().execute(statement).all()
+    rows = session.connection().execute(statement, sql.params).all()
     more = len(rows) > request.count
     rows = rows[: request.count]
     page = SearchPage([_stored(row) for row in rows])
@@ -437,13 +449,14 @@ def search(session: Session, request: SearchRequest) -> SearchPage:
         last = rows[-1]._mapping
         page.next_cursor = query.encode_cursor([last[f"sort_{i}"] for i in range(len(keys))])
     if request.total == "accurate" or (request.total != "none" and not request.cursor and not more):
-        page.total = len(rows) if not more and not request.cursor else _count(session, conditions)
+        page.total = len(rows) if not more and not request.cursor else _count(session, sql, where)
     page.included = _included(session, request, page.matches)
     return page
 
 
-def _count(session: Session, conditions: list[Any]) -> int:
-    return int(session.connection().scalar(select(func.count()).select_from(resource).where(*conditions)) or 0)
+def _count(session: Session, sql: query.Sql, where: list[str]) -> int:
+    statement = sql.statement(f"SELECT COUNT(*) FROM resource r WHERE {' AND '.join(where)}")
+    return int(session.connection().scalar(statement, sql.params) or 0)
 
 
 def _included(session: Session, request: SearchRequest, matches: list[Stored]) -> list[Stored]:
@@ -479,7 +492,7 @@ def _included(session: Session, request: SearchRequest, matches: list[Stored]) -
         return []
     rows = session.connection().execute(
         select(*_VERSION_COLUMNS)
-        .join(resource, and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id))
+        .join(resource, _CURRENT_VERSION)
         .where(resource.c.pk.in_(sorted(pks)[:MAX_INCLUDES]), resource.c.deleted == false())
         .order_by(resource.c.pk)
     ).all()
@@ -506,23 +519,27 @@ def history(
     cursor: str | None = None,
 ) -> HistoryPage:
     """Versions newest first (instance, type or whole-system history), paged by a keyset cursor."""
-    conditions = []
+    sql = query.Sql()
+    where = ["1 = 1"]
     if resource_type is not None:
         check_type(resource_type)
-        conditions.append(resource_version.c.res_type == resource_type)
+        where.append(f"v.res_type = {sql.name(resource_type)}")
     if resource_id is not None:
         found = current(session, resource_type or "", resource_id)
         if found is None:
             raise NotFound(f"{resource_type}/{resource_id} is not known", expression=[resource_type or ""])
-        conditions.append(resource_version.c.resource_pk == found.pk)
+        where.append(f"v.resource_pk = {sql.param(found.pk)}")
     if since is not None:
-        conditions.append(resource_version.c.last_updated >= since)
-    keys = [(resource_version.c.last_updated, True), (resource_version.c.resource_pk, True), (resource_version.c.version_id, True)]
+        where.append(f"v.last_updated >= {sql.param(since, query.TIMESTAMP)}")
+    keys = [("v.last_updated", True), ("v.resource_pk", True), ("v.version_id", True)]
     if cursor:
-        conditions.append(query.after_cursor(keys, query.decode_cursor(cursor, len(keys))))
-    rows = session.connection().execute(
-        select(*_VERSION_COLUMNS).where(*conditions).order_by(*(key.desc() for key, _ in keys)).limit(count + 1)
-    ).all()
+        where.append(query.after_cursor(sql, keys, query.decode_cursor(cursor, len(keys))))
+    statement = sql.statement(
+        f"{_VERSION_SELECT} FROM resource_version v WHERE {' AND '.join(where)}"
+        f" ORDER BY v.last_updated DESC, v.resource_pk DESC, v.version_id DESC LIMIT {int(count) + 1}",
+        _VERSION_TYPES,
+    )
+    rows = session.connection().execute(statement, sql.params).all()
     page = HistoryPage([_stored(row) for row in rows[:count]])
     if len(rows) > count and count > 0:
         last = rows[count - 1]

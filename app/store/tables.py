@@ -22,7 +22,6 @@ from sqlalchemy import (
     UniqueConstraint,
     cast,
 )
-
 from sqlalchemy.dialects.postgresql import JSONB
 
 from app.db import metadata
