@@ -139,6 +139,7 @@ class LoadResult:
     latencies: list[float]
     seconds: float
     errors: int
+    client_cpu: float = 0.0  # CPU seconds the load generator itself used (it shares the machine with the server)
 
     @property
     def rate(self) -> float:
@@ -149,9 +150,10 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
     def line(self, label: str) -> str:
+        client = f", client CPU {self.client_cpu / self.seconds * 100:.0f}% of a core" if self.client_cpu else ""
         return (
             f"{label:<34} {self.rate:8.0f} req/s   p50 {self.percentile(50):6.2f} ms   p99 {self.percentile(99):6.2f} ms"
-            f"   ({len(self.latencies)} requests, {self.errors} errors)"
+            f"   ({len(self.latencies)} requests, {self.errors} errors{client})"
         )
 
 
@@ -180,10 +182,11 @@ def http_load(url: str, paths: Callable[[], str], *, clients: int = 16, seconds:
     async def run() -> LoadResult:
         latencies: list[float] = []
         errors = [0]
+        cpu = time.process_time()
         start = time.perf_counter()
         until = start + seconds
         await asyncio.gather(*(_client(parsed.host, parsed.port or 80, paths, until, latencies, errors) for _ in range(clients)))
-        return LoadResult(latencies, time.perf_counter() - start, errors[0])
+        return LoadResult(latencies, time.perf_counter() - start, errors[0], time.process_time() - cpu)
 
     return asyncio.run(run())
 
