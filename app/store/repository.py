@@ -7,7 +7,7 @@ Bundle. The stored JSON is the validated input with `id` and `meta` set by the s
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -133,7 +133,7 @@ def _stored(row: Row[Any]) -> Stored:
 
 def _aware(moment: datetime) -> datetime:
     """In UTC: SQLite returns naive datetimes (stored in UTC), PostgreSQL the session's zone."""
-    return moment.astimezone(dates.UTC) if moment.tzinfo else moment.replace(tzinfo=dates.UTC)
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 _CURRENT_VERSION = and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id)

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from tests import builders
+
 ADMIN_URL = os.environ.get("QIAO_BENCH_POSTGRES_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ["张", "王", "李", "赵", "刘", "陈", "杨", "黄", "周", "吴", "欧阳", "司马", "诸葛"]
@@ -54,21 +56,8 @@ def patient(n: int, rng: random.Random) -> dict:
 
 
 def blood_pressure(subject: str, n: int, rng: random.Random) -> dict:
-    def component(code: str, value: int) -> dict:
-        return {
-            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-            "valueQuantity": {"value": value, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"},
-        }
-
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure panel"}]},
-        "subject": {"reference": subject},
-        "effectiveDateTime": f"2026-{1 + n % 12:02d}-{1 + n % 28:02d}T09:{n % 60:02d}:00+08:00",
-        "component": [component("8480-6", rng.randint(100, 190)), component("8462-4", rng.randint(60, 115))],
-    }
+    when = f"2026-{1 + n % 12:02d}-{1 + n % 28:02d}T09:{n % 60:02d}:00+08:00"
+    return builders.blood_pressure(subject, rng.randint(100, 190), rng.randint(60, 115), when=when)
 
 
 @dataclass
