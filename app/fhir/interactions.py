@@ -22,21 +22,21 @@ def search(session: Session, resource_type: str, params: list[tuple[str, str]], 
     )
     request.base_url = base
     page = store.search(session, request)
-    bundle = formats.searchset(page, base, resource_type, request.applied, request.count)
     if request.elements:
-        bundle["entry"] = [_with_elements(item, request.elements) for item in bundle["entry"]]
-    return bundle
+        for stored in page.matches:
+            stored.content = _with_elements(stored.content, request.elements)
+    return formats.searchset(page, base, resource_type, request.applied, request.count)
 
 
-def _with_elements(item: dict[str, Any], elements: tuple[str, ...]) -> dict[str, Any]:
+def _with_elements(content: str | None, elements: tuple[str, ...]) -> str | None:
     """_elements: keep the named top-level elements (and the mandatory ones), marked SUBSETTED."""
-    if "resource" not in item:
-        return item
-    resource = orjson.loads(item["resource"].contents)
+    if content is None:
+        return None
+    resource = orjson.loads(content)
     kept = {k: v for k, v in resource.items() if k in elements or k in ("resourceType", "id", "meta")}
     meta = kept.setdefault("meta", {})
     meta["tag"] = [*meta.get("tag", []), {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}]
-    return {**item, "resource": kept}
+    return orjson.dumps(kept).decode()
 
 
 def history(

@@ -82,7 +82,10 @@ def parse(
 
 def _apply(request: SearchRequest, key: str, value: str, max_count: int) -> None:
     if key == "_count":
-        request.count = max(0, min(_integer(key, value), max_count))
+        count = _integer(key, value)
+        if count < 0:
+            raise InvalidRequest("_count must not be negative", expression=["_count"])
+        request.count = min(count, max_count)
     elif key == "_sort":
         request.sort = [_sort_key(request.resource_type, item) for item in value.split(",") if item]
     elif key in ("_include", "_revinclude"):

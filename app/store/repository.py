@@ -179,6 +179,9 @@ def vread(session: Session, resource_type: str, resource_id: str, version_id: st
 
 
 def current(session: Session, resource_type: str, resource_id: str, *, lock: bool = False) -> Current | None:
+    """The resource's current version; with `lock`, held until commit (row lock; SQLite's write lock)."""
+    if lock:
+        begin_write(session)
     statement = _CURRENT_FOR_UPDATE if lock else _CURRENT
     row = session.connection().execute(statement, {"rtype": resource_type, "rid": resource_id}).first()
     return Current(row.pk, row.version_id, row.deleted) if row else None
@@ -347,16 +350,16 @@ def conditional_update(
 
 def patch(session: Session, resource_type: str, resource_id: str, operations: Any, *, if_match: int | None = None) -> Stored:
     """JSON Patch (RFC 6902) on the current version; the result must be a valid resource with the same id."""
-    existing = read(session, resource_type, resource_id)
-    check_version(resource_type, resource_id, Current(existing.pk, existing.version_id, False), if_match)
+    check_type(resource_type)
+    found = current(session, resource_type, resource_id, lock=True)
+    existing = read(session, resource_type, resource_id)  # after the lock: no concurrent change can slip between
+    check_version(resource_type, resource_id, found, if_match)
     assert existing.content is not None
     try:
         patched = jsonpatch.apply_patch(orjson.loads(existing.content), operations)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError) as exc:
         raise InvalidRequest(f"the JSON Patch cannot be applied: {exc}", expression=[resource_type]) from None
     prepared = prepare(resource_type, patched, expected_id=resource_id)
-    found = current(session, resource_type, resource_id, lock=True)
-    check_version(resource_type, resource_id, found, existing.version_id)
     return apply(session, [Write(resource_type, resource_id, "PATCH", prepared, found)])[0]
 
 

@@ -47,3 +47,14 @@ def test_concurrent_updates_of_one_resource_lose_nothing(server_url: str) -> Non
     assert all(r.status_code == 200 for r in responses)
     versions = sorted(int(r.json()["meta"]["versionId"]) for r in responses)
     assert versions == list(range(2, CLIENTS + 2))
+
+
+def test_concurrent_patches_all_apply(server_url: str) -> None:
+    httpx.put(f"{server_url}/Patient/patched", json={**patient(), "id": "patched", "telecom": []}, headers=FHIR_JSON).raise_for_status()
+    headers = {"Content-Type": "application/json-patch+json"}
+    responses = _at_once(
+        lambda http, i: http.patch(f"{server_url}/Patient/patched", json=[{"op": "add", "path": "/telecom/-", "value": {"value": str(i)}}], headers=headers)
+    )
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    final = httpx.get(f"{server_url}/Patient/patched").json()
+    assert sorted(int(t["value"]) for t in final["telecom"]) == list(range(CLIENTS))

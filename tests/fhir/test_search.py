@@ -175,3 +175,10 @@ def test_every_resource_type_is_searchable(client: TestClient) -> None:
     for resource_type in ("Patient", "Observation", "Task", "Group", "Measure", "Consent", "ImagingStudy"):
         assert client.get(f"/fhir/{resource_type}").status_code == 200
     assert client.get("/fhir/NotAType").status_code == 404
+
+
+def test_elements_subsets_the_matches(client: TestClient, residents: dict[str, dict]) -> None:
+    bundle = client.get(f"/fhir/Patient?_id={residents['ouyang']['id']}&_elements=gender").json()
+    resource = bundle["entry"][0]["resource"]
+    assert resource["gender"] == "female" and "name" not in resource and "birthDate" not in resource
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"} in resource["meta"]["tag"]
