@@ -24,6 +24,7 @@ from app.store.indexing import normalise, parse_reference
 
 STRING_SENTINEL_HIGH = "\U0010ffff"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+_PLAIN_URI = re.compile(r"^[A-Za-z0-9:/._#-]{1,255}$")
 TIMESTAMP = DateTime(timezone=True)
 INDEX_TABLE = {"token": "search_token", "string": "search_string", "date": "search_date", "reference": "search_reference"}
 SORT_COLUMN = {"token": "code", "string": "value_norm", "date": "low"}
@@ -50,6 +51,12 @@ class Sql:
         if not _NAME.match(value):
             raise InvalidRequest(f"{value!r} is not a valid name", expression=[value])
         return f"'{value}'"
+
+    def constant(self, value: str) -> str:
+        """A value that is usually one of few (a code system URI) as a literal when it is plainly safe to inline,
+        otherwise a bound parameter. PostgreSQL plans `system = 'urn:oid:…'` once; with a parameter there it
+        re-plans every search. The character set admits no quote, so nothing the client sends can end the literal."""
+        return f"'{value}'" if _PLAIN_URI.match(value) else self.param(value)
 
     def alias(self) -> str:
         self.aliases += 1
@@ -100,8 +107,8 @@ def _value(sql: Sql, a: str, criterion: Criterion, value: str, zone: ZoneInfo, b
             return f"{a}.code = {sql.param(value)}"
         system, _, code = value.partition("|")
         if not code:
-            return f"{a}.system = {sql.param(system)}"
-        return f"{a}.code = {sql.param(code)} AND {a}.system = {sql.param(system)}"
+            return f"{a}.system = {sql.constant(system)}"
+        return f"{a}.code = {sql.param(code)} AND {a}.system = {sql.constant(system)}"
     if criterion.type == "string":
         if criterion.modifier == "exact":
             return f"{a}.value_exact = {sql.param(value)}"

@@ -182,3 +182,10 @@ def test_elements_subsets_the_matches(client: TestClient, residents: dict[str, d
     resource = bundle["entry"][0]["resource"]
     assert resource["gender"] == "female" and "name" not in resource and "birthDate" not in resource
     assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"} in resource["meta"]["tag"]
+
+
+def test_token_system_with_quotes_is_bound_not_inlined(client: TestClient) -> None:
+    odd = "urn:x:o'neil"
+    created = post(client, patient(identifier=[{"system": odd, "value": "1"}]))
+    assert ids(client, f"Patient?identifier={quote(odd)}|1") == [created["id"]]
+    assert ids(client, "Patient?identifier=" + quote("x' OR '1'='1|1")) == []

@@ -43,3 +43,13 @@ def test_lenient_ignores_unknown_parameters() -> None:
     request = parse("Patient", [("nickname", "x"), ("gender", "male")], lenient=True)
     assert request.ignored == ["nickname"]
     assert request.applied == [("gender", "male")]
+
+
+def test_code_systems_are_inlined_only_when_plainly_safe() -> None:
+    from app.store.query import Sql
+
+    sql = Sql()
+    assert sql.constant("urn:oid:2.16.156.10011.1.3") == "'urn:oid:2.16.156.10011.1.3'"
+    assert sql.constant("http://loinc.org") == "'http://loinc.org'"
+    assert sql.constant("x' OR '1'='1") == ":p0"
+    assert sql.params == {"p0": "x' OR '1'='1"}
