@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     max_page_size: int = 1000
     #: Largest batch or transaction Bundle accepted, in entries.
     max_bundle_entries: int = 10_000
-    db_pool_size: int = 16
+    #: PostgreSQL connections per worker and per pool (writes, reads), plus half as many overflow.
+    db_pool_size: int = 10
     log_level: str = "INFO"
 
     @property

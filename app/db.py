@@ -32,14 +32,16 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 16) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, autocommit: bool = False) -> Engine:
+    """An engine; with `autocommit`, its connections stay in autocommit mode (reads: nothing to reset on return)."""
     url = normalise_url(url)
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
         _configure_sqlite(engine)
         return engine
     # no pool_pre_ping: it costs a round trip per request; stale connections are recycled instead
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size // 2, pool_recycle=1800, **options)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -60,6 +62,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 _engine: Engine | None = None
+_read_engine: Engine | None = None
 _session_factory: sessionmaker[Session] | None = None
 _read_session_factory: sessionmaker[Session] | None = None
 
@@ -75,11 +78,19 @@ def get_engine(settings: Settings | None = None) -> Engine:
 
 
 def set_engine(engine: Engine) -> None:
-    """Point the application at an engine (at start-up; tests and benchmarks pass their own)."""
-    global _engine, _session_factory, _read_session_factory
+    """Point the application at an engine (at start-up; tests and benchmarks pass their own).
+
+    Reads get a second engine on the same database whose connections are always in autocommit mode: sharing one
+    pool and switching the mode per checkout cost a reset on every request.
+    """
+    global _engine, _read_engine, _session_factory, _read_session_factory
+    if _read_engine is not None:
+        _read_engine.dispose()
     _engine = engine
+    pool_size = engine.pool.size() if hasattr(engine.pool, "size") else 5
+    _read_engine = make_engine(engine.url.render_as_string(hide_password=False), pool_size=pool_size, autocommit=True)
     _session_factory = sessionmaker(engine, expire_on_commit=False)
-    _read_session_factory = sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+    _read_session_factory = sessionmaker(_read_engine, expire_on_commit=False)
 
 
 def new_session() -> Session:

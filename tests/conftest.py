@@ -39,7 +39,7 @@ def _postgres_engine(worker: str) -> Engine:
     finally:
         admin.dispose()
     separator = "&" if "?" in POSTGRES_URL else "?"
-    return db.make_engine(f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}", pool_size=25)
+    return db.make_engine(f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}", pool_size=20)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

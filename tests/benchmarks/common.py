@@ -101,7 +101,7 @@ class Server:
 
 @contextmanager
 def qiao_server(database_url: str, *, workers: int = 2, port: int = 8181) -> Iterator[Server]:
-    env = {**os.environ, "QIAO_DATABASE_URL": database_url, "QIAO_LOG_LEVEL": "WARNING", "QIAO_DB_POOL_SIZE": "12"}
+    env = {**os.environ, "QIAO_DATABASE_URL": database_url, "QIAO_LOG_LEVEL": "WARNING", "QIAO_DB_POOL_SIZE": "10"}
     command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)]
     process = subprocess.Popen(command, env=env, cwd=ROOT)
     server = Server(process, f"http://127.0.0.1:{port}/fhir")
