@@ -91,6 +91,17 @@ class Server:
                 continue
         return total
 
+    def connections_per_worker(self) -> list[int]:
+        """Established client connections held by each worker process (from `ss`), to read a figure by."""
+        port = httpx.URL(self.url).port
+        try:
+            out = subprocess.run(["ss", "-tnpH", "state", "established", "sport", f"= :{port}"],
+                                 capture_output=True, text=True, check=False).stdout
+        except FileNotFoundError:
+            return []
+        pids = [line.split("pid=")[1].split(",")[0] for line in out.splitlines() if "pid=" in line]
+        return sorted((pids.count(p) for p in set(pids)), reverse=True)
+
     def sample_rss(self, interval: float = 0.25) -> None:
         def loop() -> None:
             while not self._stop.wait(interval):

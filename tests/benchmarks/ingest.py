@@ -1,6 +1,6 @@
 """Ingest benchmark: resources posted as transaction Bundles over HTTP into PostgreSQL, with same-run baselines.
 
-    .venv/bin/python -m tests.benchmarks.ingest [--resources 100000] [--bundle 100] [--clients 4] [--workers 2]
+    .venv/bin/python -m tests.benchmarks.ingest [--resources 100000] [--bundle 100] [--clients 8] [--workers 2]
 
 Baselines measured in the same run, on the same resources:
 - raw insert: psycopg executemany of the same JSON into a bare (id, content jsonb) table, one transaction per bundle;
@@ -12,6 +12,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import httpx
 import orjson
@@ -36,7 +37,7 @@ def bundles(total: int, size: int, seed: int = 7) -> list[list[dict]]:
     return out
 
 
-def post_all(url: str, bodies: list[bytes], clients: int) -> tuple[float, int]:
+def post_all(url: str, bodies: list[bytes], clients: int, on_start: "Callable[[], None] | None" = None) -> tuple[float, int]:
     queue = list(reversed(bodies))
     lock = threading.Lock()
     failures = [0]
@@ -57,6 +58,9 @@ def post_all(url: str, bodies: list[bytes], clients: int) -> tuple[float, int]:
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for thread in threads:
         thread.start()
+    if on_start is not None:
+        time.sleep(1)
+        on_start()
     for thread in threads:
         thread.join()
     return time.perf_counter() - start, failures[0]
@@ -88,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--resources", type=int, default=100_000)
     parser.add_argument("--bundle", type=int, default=100)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
@@ -102,7 +106,8 @@ def main() -> None:
     with qiao_server(database_url, workers=args.workers) as server:
         idle_rss = server.rss_bytes()
         server.sample_rss()
-        seconds, failures = post_all(server.url, bodies, args.clients)
+        split: list[int] = []
+        seconds, failures = post_all(server.url, bodies, args.clients, lambda: split.extend(server.connections_per_worker()))
         peak_rss = max(server.rss_samples or [idle_rss])
         end_rss = server.rss_bytes()
         stored = httpx.get(f"{server.url}/Observation?_summary=count").json()["total"] * 2
@@ -115,6 +120,7 @@ def main() -> None:
     print(f"  raw psycopg insert    {raw:8.0f} rows/s        qiao = {qiao_rate / raw:.2f} x raw insert")
     print(f"  fhir.resources valid. {validate:8.0f} resources/s  qiao = {qiao_rate / validate:.2f} x one-process validation")
     print(f"  server RSS (all processes): idle {mib(idle_rss)}, peak {mib(peak_rss)}, after {mib(end_rss)}")
+    print(f"  client connections per worker: {split or 'unknown (no ss)'}")
 
 
 if __name__ == "__main__":

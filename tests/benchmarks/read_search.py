@@ -10,6 +10,7 @@ processes. Baseline in the same run: the same point query sent straight to Postg
 import argparse
 import multiprocessing
 import random
+import threading
 import time
 import uuid
 from urllib.parse import quote
@@ -126,12 +127,15 @@ def main() -> None:
     with qiao_server(database_url, workers=args.workers) as server:
         http_load(server.url, read_path, clients=args.clients, seconds=2)  # warm-up
         http_load(server.url, identifier_path, clients=args.clients, seconds=2)
+        split: list[int] = []
+        threading.Timer(2, lambda: split.extend(server.connections_per_worker())).start()
         reads = http_load(server.url, read_path, clients=args.clients, seconds=args.seconds)
         searches = http_load(server.url, identifier_path, clients=args.clients, seconds=args.seconds)
         rss = server.rss_bytes()
     raw = raw_point_reads(database_url, patients, args.clients, args.seconds)
 
     print(f"  {args.clients} clients, {args.workers} workers, {args.stored} resources stored")
+    print(f"  client connections per worker: {split or 'unknown (no ss)'}")
     print("  " + reads.line("read Patient/{id}"))
     print("  " + searches.line("search Patient?identifier=sys|value"))
     print("  " + raw.line("baseline: psycopg point query"))
