@@ -70,6 +70,8 @@ def parse(
     for key, value in params:
         try:
             _apply(request, key, value, max_count)
+        except _Empty:
+            continue
         except InvalidRequest:
             if not lenient or key in RESULT_PARAMETERS - {"_include", "_revinclude", "_elements"}:
                 raise
@@ -106,7 +108,14 @@ def _apply(request: SearchRequest, key: str, value: str, max_count: int) -> None
     elif key in ("_format", "_pretty"):
         return
     else:
-        request.criteria.append(criterion(request.resource_type, key, value))
+        found = criterion(request.resource_type, key, value)
+        if found is None:  # "parameters with empty values are ignored" (FHIR search 3.1.1.3)
+            raise _Empty
+        request.criteria.append(found)
+
+
+class _Empty(Exception):
+    """A parameter without a value: ignored."""
 
 
 def _integer(key: str, value: str) -> int:
@@ -116,8 +125,8 @@ def _integer(key: str, value: str) -> int:
         raise InvalidRequest(f"{key} must be an integer, not {value!r}", expression=[key]) from None
 
 
-def criterion(resource_type: str, key: str, value: str) -> Criterion:
-    """`subject:Patient.identifier=sys|val` → Criterion('subject', chain=Criterion('identifier', ...))."""
+def criterion(resource_type: str, key: str, value: str) -> Criterion | None:
+    """`subject:Patient.identifier=sys|val` → Criterion('subject', chain=Criterion('identifier', ...)); None if empty."""
     name, dot, rest = key.partition(".")
     name, _, modifier = name.partition(":")
     kind = parameter_type(resource_type, name)
@@ -130,8 +139,11 @@ def criterion(resource_type: str, key: str, value: str) -> Criterion:
         target = modifier or (found.target if found else None)
         if not target or not resources.is_resource_type(target):
             raise InvalidRequest(f"chained search on {name} needs a target type, e.g. {name}:Patient.{rest}", expression=[key])
-        return Criterion(name, kind, (), target_type=target, chain=criterion(target, rest, value))
+        chain = criterion(target, rest, value)
+        return Criterion(name, kind, (), target_type=target, chain=chain) if chain else None
     values = tuple(_split_values(value))
+    if not values:
+        return None
     if modifier:
         if kind == "reference" and resources.is_resource_type(modifier):
             return Criterion(name, kind, values, target_type=modifier)

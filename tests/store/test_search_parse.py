@@ -53,3 +53,8 @@ def test_code_systems_are_inlined_only_when_plainly_safe() -> None:
     assert sql.constant("http://loinc.org") == "'http://loinc.org'"
     assert sql.constant("x' OR '1'='1") == ":p0"
     assert sql.params == {"p0": "x' OR '1'='1"}
+
+
+def test_parameters_with_empty_values_are_ignored() -> None:
+    request = parse("Observation", [("code", ""), ("subject:Patient.identifier", ""), ("status", ",")])
+    assert request.criteria == []
