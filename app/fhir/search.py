@@ -16,8 +16,6 @@ MODIFIERS = {
     "date": {"missing"},
     "reference": {"missing"},
 }
-#: Parameters about the response rather than the match.
-RESULT_PARAMETERS = {"_count", "_sort", "_include", "_revinclude", "_summary", "_total", "_cursor", "_format", "_pretty", "_elements"}
 
 
 @dataclass(frozen=True)
@@ -69,20 +67,20 @@ def parse(
     request = SearchRequest(resource_type, count=default_count)
     for key, value in params:
         try:
-            _apply(request, key, value, max_count)
-        except _Empty:
-            continue
-        except InvalidRequest:
-            if not lenient or key in RESULT_PARAMETERS - {"_include", "_revinclude", "_elements"}:
+            applied = _apply(request, key, value, max_count)
+        except UnknownParameter:
+            # lenient handling drops what the server does not know; a known parameter with a bad value stays an error
+            if not lenient:
                 raise
             request.ignored.append(key)
             continue
-        if key not in ("_cursor", "_format", "_pretty"):
+        if applied:
             request.applied.append((key, value))
     return request
 
 
-def _apply(request: SearchRequest, key: str, value: str, max_count: int) -> None:
+def _apply(request: SearchRequest, key: str, value: str, max_count: int) -> bool:
+    """Apply one parameter; False when it does not shape the result (paging cursor, format, an empty value)."""
     if key == "_count":
         count = _integer(key, value)
         if count < 0:
@@ -95,7 +93,7 @@ def _apply(request: SearchRequest, key: str, value: str, max_count: int) -> None
         (request.includes if key == "_include" else request.revincludes).append(include)
     elif key == "_summary":
         if value not in ("count", "false"):
-            raise InvalidRequest(f"_summary={value} is not supported (count, false)", expression=["_summary"])
+            raise UnknownParameter(f"_summary={value} is not supported (count, false)", expression=["_summary"])
         request.summary = value  # type: ignore[assignment]
     elif key == "_total":
         if value not in ("none", "estimate", "accurate"):
@@ -105,17 +103,19 @@ def _apply(request: SearchRequest, key: str, value: str, max_count: int) -> None
         request.elements = tuple(item.strip() for item in value.split(",") if item.strip())
     elif key == "_cursor":
         request.cursor = value
+        return False
     elif key in ("_format", "_pretty"):
-        return
+        return False
     else:
         found = criterion(request.resource_type, key, value)
         if found is None:  # "parameters with empty values are ignored" (FHIR search 3.1.1.3)
-            raise _Empty
+            return False
         request.criteria.append(found)
+    return True
 
 
-class _Empty(Exception):
-    """A parameter without a value: ignored."""
+class UnknownParameter(InvalidRequest):
+    """A parameter, modifier or include the server does not support: ignored under Prefer: handling=lenient."""
 
 
 def _integer(key: str, value: str) -> int:
@@ -131,7 +131,7 @@ def criterion(resource_type: str, key: str, value: str) -> Criterion | None:
     name, _, modifier = name.partition(":")
     kind = parameter_type(resource_type, name)
     if kind is None:
-        raise InvalidRequest(f"unknown search parameter {name!r} for {resource_type}", expression=[key])
+        raise UnknownParameter(f"unknown search parameter {name!r} for {resource_type}", expression=[key])
     if dot:
         if kind != "reference":
             raise InvalidRequest(f"{name} is not a reference parameter and cannot be chained", expression=[key])
@@ -148,7 +148,7 @@ def criterion(resource_type: str, key: str, value: str) -> Criterion | None:
         if kind == "reference" and resources.is_resource_type(modifier):
             return Criterion(name, kind, values, target_type=modifier)
         if modifier not in MODIFIERS.get(kind, set()) or name in SPECIAL and modifier == "missing":
-            raise InvalidRequest(f"modifier :{modifier} is not supported on {kind} parameter {name}", expression=[key])
+            raise UnknownParameter(f"modifier :{modifier} is not supported on {kind} parameter {name}", expression=[key])
         if modifier == "missing" and value not in ("true", "false"):
             raise InvalidRequest(f"{key} must be true or false", expression=[key])
     if kind == "date":
@@ -208,5 +208,5 @@ def _include(resource_type: str, key: str, value: str) -> Include:
     if key == "_include" and source not in ("*", resource_type):
         raise InvalidRequest(f"_include must start with {resource_type}, not {source}", expression=[key])
     if source != "*" and parameter_type(source, name) != "reference":
-        raise InvalidRequest(f"{key}: {source} has no reference parameter {name!r}", expression=[key])
+        raise UnknownParameter(f"{key}: {source} has no reference parameter {name!r}", expression=[key])
     return Include(source, name, target)

@@ -58,3 +58,9 @@ def test_code_systems_are_inlined_only_when_plainly_safe() -> None:
 def test_parameters_with_empty_values_are_ignored() -> None:
     request = parse("Observation", [("code", ""), ("subject:Patient.identifier", ""), ("status", ",")])
     assert request.criteria == []
+
+
+def test_lenient_still_rejects_bad_values_of_known_parameters() -> None:
+    with pytest.raises(InvalidRequest):
+        parse("Patient", [("birthdate", "yesterday")], lenient=True)
+    assert parse("Patient", [("name:fuzzy", "x")], lenient=True).ignored == ["name:fuzzy"]
