@@ -1,5 +1,6 @@
 """Settings from the environment (prefix QIAO_)."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -21,6 +22,9 @@ class Settings(BaseSettings):
     max_page_size: int = 1000
     #: Largest batch or transaction Bundle accepted, in entries.
     max_bundle_entries: int = 10_000
+    #: Threads per worker for the (sync) handlers; 0 means 2 per CPU core. Few threads keep the tail short: with
+    #: anyio's default of 40, p99 tripled under load as threads queued for the GIL (tests/benchmarks/README.md).
+    threads: int = 0
     #: PostgreSQL connections per worker and per pool (writes, reads), plus half as many overflow.
     db_pool_size: int = 10
     log_level: str = "INFO"
@@ -30,6 +34,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'qiao.sqlite3').resolve()}"
+
+    @property
+    def handler_threads(self) -> int:
+        return self.threads or 2 * (os.cpu_count() or 1)
 
     @property
     def zone(self) -> ZoneInfo:

@@ -2,12 +2,16 @@
 
 import logging
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.config import get_settings
 from app.errors import Issue, QiaoError
 from app.fhir import routes as fhir_routes
 from app.fhir.formats import FhirResponse
@@ -19,8 +23,14 @@ log = logging.getLogger("qiao")
 _HTTP_ISSUE_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 413: "too-costly", 415: "not-supported"}
 
 
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().handler_threads
+    yield
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="Qiao", version="0.1.0", docs_url=None, redoc_url=None)
+    app = FastAPI(title="Qiao", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.include_router(fhir_routes.router)
     app.add_exception_handler(QiaoError, _qiao_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
