@@ -21,12 +21,13 @@ from app.errors import InvalidRequest
 from app.fhir.search import Criterion, split_prefix
 from app.store import dates
 from app.store.indexing import normalise, parse_reference
+from app.store.tables import INDEX_TABLES
 
 STRING_SENTINEL_HIGH = "\U0010ffff"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 _PLAIN_URI = re.compile(r"^[A-Za-z0-9:/._#-]{1,255}$")
 TIMESTAMP = DateTime(timezone=True)
-INDEX_TABLE = {"token": "search_token", "string": "search_string", "date": "search_date", "reference": "search_reference"}
+INDEX_TABLE = {kind: table.name for kind, table in INDEX_TABLES.items()}
 SORT_COLUMN = {"token": "code", "string": "value_norm", "date": "low"}
 
 
