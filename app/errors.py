@@ -3,15 +3,12 @@
 QiaoError
 ├── InvalidRequest (400)          malformed input, unknown search parameter, bad Bundle
 │   └── InvalidResource (400)     fhir.resources validation failed
-├── Unauthorized (401) / Forbidden (403)
 ├── NotFound (404)                unknown type, id or version
-├── MethodNotAllowed (405)
 ├── Conflict (409)                id mismatch, concurrent change
 ├── Gone (410)                    deleted
 ├── PreconditionFailed (412)      stale If-Match, several conditional matches
 ├── PayloadTooLarge (413)
-├── UnsupportedMediaType (415)
-└── UnprocessableEntity (422)     business rule violated
+└── UnsupportedMediaType (415)
 """
 
 from collections.abc import Sequence
@@ -50,20 +47,11 @@ class InvalidResource(InvalidRequest):
     code = "structure"
 
 
-class Unauthorized(QiaoError):
-    status, code = 401, "login"
-
-
-class Forbidden(QiaoError):
-    status, code = 403, "forbidden"
 
 
 class NotFound(QiaoError):
     status, code = 404, "not-found"
 
-
-class MethodNotAllowed(QiaoError):
-    status, code = 405, "not-supported"
 
 
 class Conflict(QiaoError):
@@ -85,6 +73,3 @@ class PayloadTooLarge(QiaoError):
 class UnsupportedMediaType(QiaoError):
     status, code = 415, "not-supported"
 
-
-class UnprocessableEntity(QiaoError):
-    status, code = 422, "business-rule"

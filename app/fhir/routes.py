@@ -98,7 +98,6 @@ def conditional_delete(resource_type: str, request: Request, session: SessionDep
 
 @router.get("/{resource_type}/_history")
 def type_history(resource_type: str, request: Request, session: ReadSessionDep) -> Response:
-    store.check_type(resource_type)
     body = interactions.history(session, _params(request), base=formats.base_url(request), resource_type=resource_type)
     return FhirResponse(body)
 
