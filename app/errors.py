@@ -3,6 +3,8 @@
 QiaoError
 ├── InvalidRequest (400)          malformed input, unknown search parameter, bad Bundle
 │   └── InvalidResource (400)     fhir.resources validation failed
+├── Unauthorized (401)            no bearer token, or a bad one
+├── Forbidden (403)               the token's scopes or the access policy forbid it
 ├── NotFound (404)                unknown type, id or version
 ├── Conflict (409)                id mismatch, concurrent change
 ├── Gone (410)                    deleted
@@ -32,6 +34,7 @@ class Issue:
 class QiaoError(Exception):
     status: int = 500
     code: str = "exception"
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, *, expression: Sequence[str] = (), issues: Sequence[Issue] = ()) -> None:
         super().__init__(message)
@@ -47,11 +50,17 @@ class InvalidResource(InvalidRequest):
     code = "structure"
 
 
+class Unauthorized(QiaoError):
+    status, code = 401, "login"
+    headers = {"WWW-Authenticate": 'Bearer realm="qiao"'}
+
+
+class Forbidden(QiaoError):
+    status, code = 403, "forbidden"
 
 
 class NotFound(QiaoError):
     status, code = 404, "not-found"
-
 
 
 class Conflict(QiaoError):

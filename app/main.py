@@ -41,7 +41,7 @@ def create_app() -> FastAPI:
 
 async def _qiao_error(_request: Request, error: Exception) -> Response:
     assert isinstance(error, QiaoError)
-    return FhirResponse(from_error(error), status_code=error.status)
+    return FhirResponse(from_error(error), status_code=error.status, headers=error.headers)
 
 
 async def _validation_error(_request: Request, error: Exception) -> Response:

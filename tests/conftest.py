@@ -22,7 +22,10 @@ from app.main import create_app
 
 POSTGRES_URL = os.environ.get("QIAO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("QIAO_TEST_REQUIRE_POSTGRES") == "1"
-TABLES = ("search_reference", "search_date", "search_string", "search_token", "resource_version", "resource")
+TABLES = (
+    "audit_chain", "audit_pending", "care_relation", "consent_denial", "auth_jti", "auth_client",
+    "search_reference", "search_date", "search_string", "search_token", "resource_version", "resource",
+)
 
 
 def _postgres_engine(worker: str) -> Engine:

@@ -2,6 +2,10 @@
 
 Writes are planned (`Write`) and applied in batches by `apply`: one insert per table for a whole transaction
 Bundle. The stored JSON is the validated input with `id` and `meta` set by the server, and it is served as stored.
+
+Every entry point checks the session's principal (app/auth/policy.py): scopes per interaction, the institution
+policy on what it reads and changes, and the policy's filter inside search SQL. Writes are audited in the same
+transaction; reads and searches are queued for the audit writer.
 """
 
 import uuid
@@ -9,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 import orjson
@@ -18,9 +22,12 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
+from app.auth import audit_trail, policy, relations
+from app.auth.principal import SYSTEM, Principal
+from app.auth.tables import audit_pending, care_relation, consent_denial
 from app.config import get_settings
 from app.db import begin_write, bulk_insert, lock_key
-from app.errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
+from app.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PreconditionFailed
 from app.fhir import resources
 from app.fhir import search as fhir_search
 from app.fhir.search import SearchRequest
@@ -46,6 +53,8 @@ class Stored:
     pk: int = 0
     method: str = ""
     created: bool = False
+    org: str | None = None
+    patient: str | None = None
 
     @property
     def etag(self) -> str:
@@ -65,6 +74,9 @@ class Current:
     pk: int
     version_id: int
     deleted: bool
+    resource_type: str = ""
+    org: str | None = None
+    patient: str | None = None
 
 
 @dataclass
@@ -74,6 +86,7 @@ class Write:
     method: str
     content: dict[str, Any] | None  # None: delete
     current: Current | None
+    org: str | None = None  # the sender's Organization, for a new resource
 
 
 @dataclass
@@ -116,6 +129,8 @@ _VERSION_COLUMNS = (
     resource_version.c.content,
     resource_version.c.method,
 )
+_OWNER_COLUMNS = (resource.c.org, resource.c.patient)
+DERIVED_TABLES = (*INDEX_TABLES.values(), care_relation, consent_denial)
 
 
 def _stored(row: Row[Any]) -> Stored:
@@ -128,6 +143,8 @@ def _stored(row: Row[Any]) -> Stored:
         content=row.content,
         pk=row.resource_pk,
         method=row.method,
+        org=row._mapping.get("org"),
+        patient=row._mapping.get("patient"),
     )
 
 
@@ -139,43 +156,62 @@ def _aware(moment: datetime) -> datetime:
 _CURRENT_VERSION = and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id)
 # Statements of fixed shape are built once: building a statement costs several times more than running it.
 _READ = (
-    select(*_VERSION_COLUMNS)
+    select(*_VERSION_COLUMNS, *_OWNER_COLUMNS)
     .join(resource, _CURRENT_VERSION)
     .where(resource.c.res_type == bindparam("rtype"), resource.c.res_id == bindparam("rid"))
 )
-_VREAD = select(*_VERSION_COLUMNS).where(
+_VREAD = select(*_VERSION_COLUMNS, *_OWNER_COLUMNS).join(resource, resource.c.pk == resource_version.c.resource_pk).where(
     resource_version.c.res_type == bindparam("rtype"),
     resource_version.c.res_id == bindparam("rid"),
     resource_version.c.version_id == bindparam("vid"),
 )
-_CURRENT = select(resource.c.pk, resource.c.version_id, resource.c.deleted).where(
+_CURRENT = select(resource.c.pk, resource.c.version_id, resource.c.deleted, resource.c.res_type, *_OWNER_COLUMNS).where(
     resource.c.res_type == bindparam("rtype"), resource.c.res_id == bindparam("rid")
 )
 _CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
 
 
-def read(session: Session, resource_type: str, resource_id: str) -> Stored:
+def read(session: Session, resource_type: str, resource_id: str, *, audit: bool = True) -> Stored:
     check_type(resource_type)
+    principal = policy.principal_of(session)
+    policy.require(principal, resource_type, "r")
     row = session.connection().execute(_READ, {"rtype": resource_type, "rid": resource_id}).first()
     if row is None:
         raise NotFound(f"{resource_type}/{resource_id} is not known", expression=[resource_type])
     stored = _stored(row)
+    policy.require_visible(session, principal, stored, stored.reference)
     if stored.deleted:
         raise Gone(f"{resource_type}/{resource_id} was deleted", expression=[resource_type])
+    if audit:
+        _audit_access(principal, "read", [stored])
     return stored
 
 
 def vread(session: Session, resource_type: str, resource_id: str, version_id: str) -> Stored:
     check_type(resource_type)
+    principal = policy.principal_of(session)
+    policy.require(principal, resource_type, "r")
     if not version_id.isdigit():
         raise NotFound(f"version {version_id!r} of {resource_type}/{resource_id} is not known")
     row = session.connection().execute(_VREAD, {"rtype": resource_type, "rid": resource_id, "vid": int(version_id)}).first()
     if row is None:
         raise NotFound(f"version {version_id} of {resource_type}/{resource_id} is not known")
     stored = _stored(row)
+    policy.require_visible(session, principal, stored, stored.reference)
     if stored.deleted:
         raise Gone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
+    _audit_access(principal, "vread", [stored])
     return stored
+
+
+def _audit_access(principal: Principal, interaction: str, touched: Sequence[Stored], query: str | None = None) -> None:
+    """Queue the audit of a read, search or history (the server's own reads are not audited)."""
+    if principal is SYSTEM:
+        return
+    audit_trail.queue.put(audit_trail.event(
+        principal, interaction, resources=[s.versioned_reference for s in touched if s.patient] if query is None else (),
+        patients=[s.patient for s in touched if s.patient], query=query,
+    ))
 
 
 def current(session: Session, resource_type: str, resource_id: str, *, lock: bool = False) -> Current | None:
@@ -184,7 +220,7 @@ def current(session: Session, resource_type: str, resource_id: str, *, lock: boo
         begin_write(session)
     statement = _CURRENT_FOR_UPDATE if lock else _CURRENT
     row = session.connection().execute(statement, {"rtype": resource_type, "rid": resource_id}).first()
-    return Current(row.pk, row.version_id, row.deleted) if row else None
+    return Current(row.pk, row.version_id, row.deleted, row.res_type, row.org, row.patient) if row else None
 
 
 # --- writes ----------------------------------------------------------------------------------------------------
@@ -233,14 +269,60 @@ def check_version(resource_type: str, resource_id: str, found: Current | None, i
 
 
 def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
-    """Store new versions and their index rows: a few batched statements whatever the number of writes."""
+    """Check the principal may make these writes, store them, and audit them in the same transaction."""
     if not writes:
         return []
+    principal = policy.principal_of(session)
+    for write in writes:
+        _authorize(session, principal, write)
+    stored = _write(session, writes)
+    if principal is not SYSTEM:
+        append_audit(session, _write_audits(principal, stored))
+    return stored
+
+
+def _authorize(session: Session, principal: Principal, write: Write) -> None:
+    existing = write.current if write.current is not None and not write.current.deleted else None
+    interaction = "d" if write.content is None else ("u" if existing else "c")
+    policy.require(principal, write.resource_type, interaction)
+    if existing is not None:
+        policy.require_writable(session, principal, existing, f"{write.resource_type}/{write.resource_id}")
+    if write.current is None:
+        write.org = principal.organization
+
+
+def _write_audits(principal: Principal, stored: Sequence[Stored]) -> list[dict[str, Any]]:
+    """One AuditEvent per kind of write in the batch, naming every version written and every resident touched."""
+    kinds: dict[str, list[Stored]] = {}
+    for item in stored:
+        kind = "delete" if item.deleted else ("create" if item.version_id == 1 or item.created else "update")
+        kinds.setdefault(kind, []).append(item)
+    return [
+        audit_trail.event(principal, kind, resources=[s.versioned_reference for s in items], patients=[s.patient for s in items if s.patient])
+        for kind, items in kinds.items()
+    ]
+
+
+def append_audit(session: Session, events: Sequence[dict[str, Any]]) -> None:
+    """Store AuditEvents (already well-formed: built by audit_trail) and queue them for the hash chain."""
+    if not events:
+        return
+    writes = [Write("AuditEvent", new_id(), "POST", event, None, org=_agent_org(event)) for event in events]
+    bulk_insert(session, audit_pending, [{"resource_pk": s.pk} for s in _write(session, writes)])
+
+
+def _agent_org(event: dict[str, Any]) -> str | None:
+    return relations.reference_id(event["agent"][0]["who"], "Organization")
+
+
+def _write(session: Session, writes: Sequence[Write]) -> list[Stored]:
+    """Store new versions and their derived rows: a few batched statements whatever the number of writes."""
     begin_write(session)
     settings = get_settings()
     moment = dates.now()
     last_updated = dates.instant(moment)
     pks: dict[int, int] = {}
+    patients = [_patient(w) for w in writes]
 
     new = [i for i, w in enumerate(writes) if w.current is None]
     if new:
@@ -248,7 +330,7 @@ def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
             insert(resource).returning(resource.c.pk, sort_by_parameter_order=True),
             [
                 {"res_type": writes[i].resource_type, "res_id": writes[i].resource_id, "version_id": 1,
-                 "last_updated": moment, "deleted": writes[i].content is None}
+                 "last_updated": moment, "deleted": writes[i].content is None, "org": writes[i].org, "patient": patients[i]}
                 for i in new
             ],
         )
@@ -258,22 +340,25 @@ def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
         session.connection().execute(
             sql_update(resource)
             .where(resource.c.pk == bindparam("b_pk"))
-            .values(version_id=bindparam("b_version"), last_updated=bindparam("b_at"), deleted=bindparam("b_deleted")),
+            .values(version_id=bindparam("b_version"), last_updated=bindparam("b_at"), deleted=bindparam("b_deleted"),
+                    patient=bindparam("b_patient")),
             [
                 {"b_pk": writes[i].current.pk, "b_version": writes[i].current.version_id + 1,  # type: ignore[union-attr]
-                 "b_at": moment, "b_deleted": writes[i].content is None}
+                 "b_at": moment, "b_deleted": writes[i].content is None, "b_patient": patients[i]}
                 for i in existing
             ],
         )
         for i in existing:
             pks[i] = writes[i].current.pk  # type: ignore[union-attr]
         stale = [pks[i] for i in existing]
-        for table in INDEX_TABLES.values():
+        for table in DERIVED_TABLES:
             session.connection().execute(sql_delete(table).where(table.c.resource_pk.in_(stale)))
 
     stored: list[Stored] = []
     version_rows: list[dict[str, Any]] = []
     index: dict[str, list[dict[str, Any]]] = {kind: [] for kind in INDEX_TABLES}
+    cares: list[dict[str, Any]] = []
+    denials: list[dict[str, Any]] = []
     for i, write in enumerate(writes):
         version_id = write.current.version_id + 1 if write.current else 1
         text = None
@@ -284,19 +369,32 @@ def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
             text = orjson.dumps(content).decode()
             for kind, rows in index_rows(content, zone=settings.zone, base_url=settings.base_url).items():
                 index[kind].extend({**row, "resource_pk": pks[i]} for row in rows)
+            cares.extend({**row, "resource_pk": pks[i]} for row in relations.care_rows(content))
+            denials.extend({**row, "resource_pk": pks[i]} for row in relations.consent_rows(content))
         version_rows.append(
             {"resource_pk": pks[i], "version_id": version_id, "res_type": write.resource_type, "res_id": write.resource_id,
              "last_updated": moment, "method": write.method, "deleted": write.content is None, "content": text}
         )
         created = write.current is None or write.current.deleted
+        org = write.current.org if write.current else write.org
         stored.append(
             Stored(write.resource_type, write.resource_id, version_id, moment, write.content is None, text, pks[i],
-                   write.method, created=created and write.content is not None)
+                   write.method, created=created and write.content is not None, org=org, patient=patients[i])
         )
     bulk_insert(session, resource_version, version_rows)
     for kind, rows in index.items():
         bulk_insert(session, INDEX_TABLES[kind], rows)
+    bulk_insert(session, care_relation, cares)
+    bulk_insert(session, consent_denial, denials)
     return stored
+
+
+def _patient(write: Write) -> str | None:
+    if write.content is None:
+        return write.current.patient if write.current else None
+    if write.resource_type == "Patient":
+        return write.resource_id
+    return relations.patient_of(write.content)
 
 
 def create(session: Session, resource_type: str, body: Any, *, if_none_exist: str | None = None) -> Stored:
@@ -310,7 +408,7 @@ def create(session: Session, resource_type: str, body: Any, *, if_none_exist: st
         if len(matches) > 1:
             raise PreconditionFailed(f"If-None-Exist matches {len(matches)} {resource_type} resources", expression=["If-None-Exist"])
         if matches:
-            return read(session, resource_type, matches[0])
+            return read(session, resource_type, matches[0], audit=False)
     return apply(session, [plan_create(resource_type, prepared)])[0]
 
 
@@ -352,7 +450,7 @@ def patch(session: Session, resource_type: str, resource_id: str, operations: An
     """JSON Patch (RFC 6902) on the current version; the result must be a valid resource with the same id."""
     check_type(resource_type)
     found = current(session, resource_type, resource_id, lock=True)
-    existing = read(session, resource_type, resource_id)  # after the lock: no concurrent change can slip between
+    existing = read(session, resource_type, resource_id, audit=False)  # after the lock: no concurrent change can slip between
     check_version(resource_type, resource_id, found, if_match)
     assert existing.content is not None
     try:
@@ -398,12 +496,13 @@ _VERSION_SELECT = (
 _VERSION_TYPES: tuple[tuple[str, Any], ...] = (("last_updated", query.TIMESTAMP),)
 
 
-def _where(sql: query.Sql, resource_type: str, request: SearchRequest) -> list[str]:
+def _where(sql: query.Sql, principal: Principal, resource_type: str, request: SearchRequest) -> list[str]:
     settings = get_settings()
     base_url = request.base_url or settings.base_url
     clauses = [f"r.res_type = {sql.name(resource_type)}", "r.deleted = FALSE"]
     clauses += [query.condition(sql, "r", resource_type, c, zone=settings.zone, base_url=base_url) for c in request.criteria]
-    return clauses
+    visible = policy.visible_sql(sql, principal, "r", [resource_type])
+    return clauses + [visible] if visible else clauses
 
 
 def match(session: Session, resource_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[str]:
@@ -414,7 +513,7 @@ def match(session: Session, resource_type: str, params: list[tuple[str, str]], l
     if not request.criteria:
         raise InvalidRequest("conditional criteria must contain search parameters", expression=[resource_type])
     sql = query.Sql()
-    where = " AND ".join(_where(sql, resource_type, request))
+    where = " AND ".join(_where(sql, policy.principal_of(session), resource_type, request))
     statement = sql.statement(f"SELECT r.res_id FROM resource r WHERE {where} LIMIT {int(limit)}")
     return list(session.connection().scalars(statement, sql.params))
 
@@ -422,9 +521,13 @@ def match(session: Session, resource_type: str, params: list[tuple[str, str]], l
 def search(session: Session, request: SearchRequest) -> SearchPage:
     resource_type = request.resource_type
     check_type(resource_type)
+    principal = policy.principal_of(session)
+    policy.require(principal, resource_type, "s")
     sql = query.Sql()
-    where = _where(sql, resource_type, request)
+    where = _where(sql, principal, resource_type, request)
+    search_query = f"{resource_type}?{urlencode(request.applied)}"
     if request.summary == "count" or request.count == 0:
+        _audit_access(principal, "search", [], search_query)
         return SearchPage([], total=_count(session, sql, where) if request.total != "none" else None)
 
     keys = [
@@ -439,7 +542,7 @@ def search(session: Session, request: SearchRequest) -> SearchPage:
     order = ", ".join(f"sort_{i} {'DESC' if descending else 'ASC'}" for i, (_, descending) in enumerate(keys))
     timestamps = tuple((f"sort_{i}", query.TIMESTAMP) for i, (key, _) in enumerate(keys) if key == "r.last_updated")
     statement = sql.statement(
-        f"{_VERSION_SELECT}{sort_columns} FROM resource r"
+        f"{_VERSION_SELECT}, r.org, r.patient{sort_columns} FROM resource r"
         " JOIN resource_version v ON v.resource_pk = r.pk AND v.version_id = r.version_id"
         f" WHERE {' AND '.join(page_where)} ORDER BY {order} LIMIT {int(request.count) + 1}",
         _VERSION_TYPES + timestamps,
@@ -453,7 +556,8 @@ def search(session: Session, request: SearchRequest) -> SearchPage:
         page.next_cursor = query.encode_cursor([last[f"sort_{i}"] for i in range(len(keys))])
     if request.total == "accurate" or (request.total != "none" and not request.cursor and not more):
         page.total = len(rows) if not more and not request.cursor else _count(session, sql, where)
-    page.included = _included(session, request, page.matches)
+    page.included = _included(session, principal, request, page.matches)
+    _audit_access(principal, "search", page.matches + page.included, search_query)
     return page
 
 
@@ -462,7 +566,8 @@ def _count(session: Session, sql: query.Sql, where: list[str]) -> int:
     return int(session.connection().scalar(statement, sql.params) or 0)
 
 
-def _included(session: Session, request: SearchRequest, matches: list[Stored]) -> list[Stored]:
+def _included(session: Session, principal: Principal, request: SearchRequest, matches: list[Stored]) -> list[Stored]:
+    """_include and _revinclude targets the principal may read and see."""
     if not matches or not (request.includes or request.revincludes):
         return []
     seen = {(m.resource_type, m.resource_id) for m in matches}
@@ -494,12 +599,13 @@ def _included(session: Session, request: SearchRequest, matches: list[Stored]) -
     if not pks:
         return []
     rows = session.connection().execute(
-        select(*_VERSION_COLUMNS)
+        select(*_VERSION_COLUMNS, *_OWNER_COLUMNS)
         .join(resource, _CURRENT_VERSION)
         .where(resource.c.pk.in_(sorted(pks)[:MAX_INCLUDES]), resource.c.deleted == false())
         .order_by(resource.c.pk)
     ).all()
-    return [_stored(row) for row in rows]
+    included = [s for s in map(_stored, rows) if policy.may_read_type(principal, s.resource_type)]
+    return [s for s, shown in zip(included, policy.visible(session, principal, included), strict=True) if shown]
 
 
 def _group(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -521,12 +627,20 @@ def history(
     count: int = 20,
     cursor: str | None = None,
 ) -> HistoryPage:
-    """Versions newest first (instance, type or whole-system history), paged by a keyset cursor."""
+    """Versions newest first (instance, type or whole-system history) that the principal may see, paged by a keyset
+    cursor. A resource's visibility follows its current owner and resident."""
+    principal = policy.principal_of(session)
     sql = query.Sql()
     where = ["1 = 1"]
     if resource_type is not None:
         check_type(resource_type)
+        policy.require(principal, resource_type, "r")
         where.append(f"v.res_type = {sql.name(resource_type)}")
+    else:
+        where += _readable_types_sql(sql, principal)
+    visible = policy.visible_sql(sql, principal, "r", [resource_type] if resource_type else None)
+    if visible:
+        where.append(visible)
     if resource_id is not None:
         found = current(session, resource_type or "", resource_id)
         if found is None:
@@ -538,13 +652,24 @@ def history(
     if cursor:
         where.append(query.after_cursor(sql, keys, query.decode_cursor(cursor, len(keys))))
     statement = sql.statement(
-        f"{_VERSION_SELECT} FROM resource_version v WHERE {' AND '.join(where)}"
+        f"{_VERSION_SELECT}, r.org, r.patient FROM resource_version v JOIN resource r ON r.pk = v.resource_pk"
+        f" WHERE {' AND '.join(where)}"
         f" ORDER BY v.last_updated DESC, v.resource_pk DESC, v.version_id DESC LIMIT {int(count) + 1}",
         _VERSION_TYPES,
     )
     rows = session.connection().execute(statement, sql.params).all()
     page = HistoryPage([_stored(row) for row in rows[:count]])
+    _audit_access(principal, "history", page.entries, f"{resource_type or ''}/{resource_id or ''}/_history")
     if len(rows) > count and count > 0:
         last = rows[count - 1]
         page.next_cursor = query.encode_cursor([_aware(last.last_updated), last.resource_pk, last.version_id])
     return page
+
+
+def _readable_types_sql(sql: query.Sql, principal: Principal) -> list[str]:
+    types, audit_events = policy.readable_types(principal)
+    if types is None:
+        return [] if audit_events else [f"v.res_type <> {sql.name(policy.AUDIT_TYPE)}"]
+    if not types:
+        raise Forbidden("the token's scopes allow reading no resource type", expression=["_history"])
+    return [f"v.res_type IN ({', '.join(sql.name(t) for t in sorted(types))})"]

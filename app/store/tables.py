@@ -1,6 +1,6 @@
 """Tables of the resource store.
 
-`resource` holds one row per logical resource (its current version number and state); `resource_version` holds
+`resource` holds one row per logical resource (its current version number and state, and who it belongs to); `resource_version` holds
 every version's content, so `_history` needs nothing else. The `search_*` tables are the narrow search index of
 the current versions, rewritten in the same transaction as the resource.
 """
@@ -54,8 +54,13 @@ resource = Table(
     Column("version_id", Integer, nullable=False),
     Column("last_updated", DateTime(timezone=True), nullable=False),
     Column("deleted", Boolean, nullable=False),
+    #: the Organization (id) whose client first sent the resource: "its own data" in the access policy
+    Column("org", String(64), nullable=True),
+    #: the resident (Patient id) the resource is about, None for data about no one (app/auth/policy.py)
+    Column("patient", String(64), nullable=True),
     UniqueConstraint("res_type", "res_id"),
     Index(None, "res_type", "last_updated"),
+    Index(None, "patient"),
 )
 
 resource_version = Table(

@@ -1,0 +1,1 @@
+"""Security: SMART Backend Services tokens, scopes, institution policy and the audit trail."""

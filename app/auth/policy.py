@@ -1,0 +1,141 @@
+"""The access decisions: scopes per interaction, and the institution policy (policy.yaml) as one rule applied two
+ways, to rows already read (`visible`) and inside search SQL (`visible_sql`). The two must agree; a test checks it."""
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.auth.principal import ALL, SYSTEM, Principal
+from app.auth.relations import policy_data
+from app.auth.tables import care_relation, consent_denial
+from app.errors import Forbidden
+from app.store.query import Sql
+
+AUDIT_TYPE = "AuditEvent"
+_NAMES = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+
+
+class Owned(Protocol):
+    resource_type: str
+    org: str | None
+    patient: str | None
+
+
+def principal_of(session: Session) -> Principal:
+    """The principal a unit of work runs for; the server itself when none was set (jobs, tests of the store)."""
+    principal: Principal = session.info.get("principal", SYSTEM)
+    return principal
+
+
+def private_types() -> frozenset[str]:
+    return frozenset(policy_data()["organization_private"])
+
+
+def require(principal: Principal, resource_type: str, interaction: str) -> None:
+    """Raise Forbidden unless the scopes allow `interaction` (one of c r u d s) on `resource_type`."""
+    if principal.unrestricted:
+        return
+    if resource_type == AUDIT_TYPE:
+        if interaction in "cud":
+            raise Forbidden("AuditEvents are written by the server only and cannot be changed", expression=[AUDIT_TYPE])
+        allowed = principal.scopes.allows_explicitly(AUDIT_TYPE, interaction)
+    else:
+        allowed = principal.scopes.allows(resource_type, interaction)
+    if not allowed:
+        raise Forbidden(
+            f"the token's scopes do not allow {_NAMES[interaction]} on {resource_type}"
+            f" (needs system/{resource_type}.{interaction})",
+            expression=[resource_type],
+        )
+
+
+def readable_types(principal: Principal) -> tuple[set[str] | None, bool]:
+    """(types the principal may read, None for all; whether AuditEvents are among them) for system-wide history."""
+    if principal.unrestricted:
+        return None, True
+    return principal.scopes.types_allowed("r"), principal.scopes.allows_explicitly(AUDIT_TYPE, "r")
+
+
+def may_read_type(principal: Principal, resource_type: str) -> bool:
+    if principal.unrestricted:
+        return True
+    if resource_type == AUDIT_TYPE:
+        return principal.scopes.allows_explicitly(AUDIT_TYPE, "r")
+    return principal.scopes.allows(resource_type, "r")
+
+
+def visible(session: Session, principal: Principal, rows: Sequence[Owned]) -> list[bool]:
+    """For each row, whether the principal may see it (two queries for the whole batch)."""
+    if principal.unrestricted:
+        return [True] * len(rows)
+    org = principal.organization or ""
+    private = private_types()
+    patients = {r.patient for r in rows if r.patient and r.org != org and r.resource_type not in private}
+    denied: set[str] = set()
+    caring: set[str] = set()
+    if patients:
+        denied = set(session.connection().scalars(
+            select(consent_denial.c.patient_id).where(consent_denial.c.patient_id.in_(patients), consent_denial.c.org_id.in_([org, "*"]))
+        ))
+        if not principal.every_resident:
+            caring = set(session.connection().scalars(
+                select(care_relation.c.patient_id).where(care_relation.c.patient_id.in_(patients - denied), care_relation.c.org_id == org)
+            ))
+    return [_decide(principal, row, denied, caring) for row in rows]
+
+
+def _decide(principal: Principal, row: Owned, denied: set[str], caring: set[str]) -> bool:
+    own = row.org is not None and row.org == principal.organization
+    if row.resource_type in private_types():
+        return own or principal.access == ALL
+    if row.patient is None or own:
+        return True
+    if row.patient in denied:
+        return False
+    return principal.every_resident or row.patient in caring
+
+
+def require_visible(session: Session, principal: Principal, row: Owned, reference: str) -> None:
+    if not visible(session, principal, [row])[0]:
+        raise Forbidden(
+            f"{reference} belongs to another organization's resident who is not in {principal.organization}'s care"
+            " (or whose consent denies sharing)",
+            expression=[row.resource_type],
+        )
+
+
+def require_writable(session: Session, principal: Principal, row: Owned, reference: str) -> None:
+    """Change only your own organization's data, or shared-writable data you can see (the Task you received)."""
+    if principal.unrestricted or (row.org is not None and row.org == principal.organization):
+        return
+    if row.resource_type in policy_data()["shared_writable"]:
+        require_visible(session, principal, row, reference)
+        return
+    raise Forbidden(f"{reference} was sent by another organization; only its sender may change it", expression=[row.resource_type])
+
+
+def visible_sql(sql: Sql, principal: Principal, alias: str, resource_types: Iterable[str] | None) -> str | None:
+    """The same rule as `visible`, as a condition on the `resource` row `alias`; None when nothing is filtered.
+
+    `resource_types` are the types the rows can have (None: any), so that a search of one type gets the plain form.
+    """
+    if principal.unrestricted:
+        return None
+    org = sql.param(principal.organization or "")
+    own = f"{alias}.org = {org}"
+    private_rule = "TRUE" if principal.access == ALL else own
+    denied = (f"EXISTS (SELECT 1 FROM consent_denial d WHERE d.patient_id = {alias}.patient"
+              f" AND d.org_id IN ({org}, '*'))")
+    caring = "TRUE" if principal.every_resident else (
+        f"EXISTS (SELECT 1 FROM care_relation c WHERE c.patient_id = {alias}.patient AND c.org_id = {org})")
+    shared_rule = f"({alias}.patient IS NULL OR {own} OR (NOT {denied} AND {caring}))"
+    private = private_types()
+    types = set(resource_types) if resource_types is not None else None
+    if types is not None and types <= private:
+        return f"({private_rule})"
+    if types is not None and not types & private:
+        return shared_rule
+    names = ", ".join(sql.name(t) for t in sorted(private))
+    return f"(({alias}.res_type IN ({names}) AND {private_rule}) OR ({alias}.res_type NOT IN ({names}) AND {shared_rule}))"

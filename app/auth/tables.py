@@ -1,0 +1,73 @@
+"""Tables of the security layer: registered clients, used assertion ids, the token signing key, the policy's
+derived facts (care relations, consent denials) and the audit trail's hash chain."""
+
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, ForeignKey, Index, PrimaryKeyConstraint, String, Table, Text
+
+from app.db import metadata
+from app.store.tables import PrimaryKey
+
+auth_client = Table(
+    "auth_client",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("organization", String(64), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("access", String(16), nullable=False),
+    Column("break_glass", Boolean, nullable=False),
+    Column("jwks", Text, nullable=True),
+    Column("jwks_url", Text, nullable=True),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+auth_jti = Table(
+    "auth_jti",
+    metadata,
+    Column("client_id", String(64), nullable=False),
+    Column("jti", String(255), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("client_id", "jti"),
+    Index(None, "expires_at"),
+)
+
+auth_key = Table(
+    "auth_key",
+    metadata,
+    Column("kid", String(32), primary_key=True),
+    Column("secret", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+care_relation = Table(
+    "care_relation",
+    metadata,
+    Column("resource_pk", PrimaryKey, ForeignKey("resource.pk"), nullable=False, index=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("org_id", String(64), nullable=False),
+    Index(None, "patient_id", "org_id"),
+)
+
+consent_denial = Table(
+    "consent_denial",
+    metadata,
+    Column("resource_pk", PrimaryKey, ForeignKey("resource.pk"), nullable=False, index=True),
+    Column("patient_id", String(64), nullable=False),
+    #: the Organization denied, or "*" for every organization but the data's own sender
+    Column("org_id", String(64), nullable=False),
+    Index(None, "patient_id", "org_id"),
+)
+
+audit_pending = Table(
+    "audit_pending",
+    metadata,
+    Column("resource_pk", PrimaryKey, ForeignKey("resource.pk"), primary_key=True),
+)
+
+audit_chain = Table(
+    "audit_chain",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("resource_pk", PrimaryKey, ForeignKey("resource.pk"), nullable=False, unique=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("chain_hash", String(64), nullable=False),
+)
