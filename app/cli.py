@@ -1,9 +1,13 @@
-"""The `qiao` command: serve, migrate."""
+"""The `qiao` command: serve, migrate, client add, token, audit verify."""
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
+from pathlib import Path
+
+import orjson
 
 from app import logging as qiao_logging
 from app.config import get_settings
@@ -22,17 +26,54 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("migrate", help="bring the database schema up to date")
 
+    client_parser = commands.add_parser("client", help="manage SMART Backend Services clients")
+    client_commands = client_parser.add_subparsers(dest="client_command", required=True)
+    add_parser = client_commands.add_parser("add", help="register (or re-register) a client")
+    add_parser.add_argument("client_id")
+    add_parser.add_argument("--organization", required=True, help="the Organization it acts for: Organization/<id>")
+    add_parser.add_argument("--scope", required=True, help="the scopes it may be granted, e.g. 'system/*.cruds'")
+    keys = add_parser.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--jwks", type=Path, help="a file holding its public JWK Set")
+    keys.add_argument("--jwks-url", help="where its public JWK Set is published (https)")
+    add_parser.add_argument("--access", default="organization", choices=["organization", "all"],
+                            help="organization: its own data and residents in its care (default); all: every resident")
+    add_parser.add_argument("--break-glass", action="store_true", help="may ask for emergency (BTG) tokens")
+
+    token_parser = commands.add_parser("token", help="print a short-lived bearer token for local use")
+    token_parser.add_argument("--scope", required=True)
+    token_parser.add_argument("--client", help="act as this registered client (default: the local operator, unrestricted)")
+    token_parser.add_argument("--purpose", default="TREAT", help="purpose of use (v3 ActReason), e.g. BTG")
+
+    audit_parser = commands.add_parser("audit", help="the audit trail")
+    audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser("verify", help="seal pending events, then check the hash chain end to end")
+
     args = parser.parse_args(argv)
     settings = get_settings()
     qiao_logging.configure(settings.log_level)
-    if args.command == "migrate":
-        migrate()
-        return 0
     if args.command == "serve":
+        if not settings.auth and not _loopback(args.host):
+            print(f"qiao: refusing to serve on {args.host} with QIAO_AUTH=false: without authentication, serve on loopback only",
+                  file=sys.stderr)
+            return 2
         migrate()
         serve(args.host, args.port, args.workers)
         return 0
-    return 2
+    migrate()
+    if args.command == "client":
+        return add_client(args)
+    if args.command == "token":
+        return token(args)
+    if args.command == "audit":
+        return verify_audit()
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def migrate() -> None:
@@ -50,6 +91,67 @@ def serve(host: str, port: int, workers: int) -> None:
     if workers > 1 and settings.effective_database_url.startswith("sqlite"):
         log.warning("serve.sqlite_single_writer", extra=qiao_logging.fields(workers=workers))
     server.run(host, port, workers, settings.log_level)
+
+
+def add_client(args: argparse.Namespace) -> int:
+    from app import db
+    from app.auth import clients
+    from app.errors import QiaoError
+
+    try:
+        jwks = orjson.loads(args.jwks.read_bytes()) if args.jwks else None
+        with db.transaction() as session:
+            client = clients.add(session, args.client_id, organization=args.organization, scope=args.scope, jwks=jwks,
+                                 jwks_url=args.jwks_url, access=args.access, break_glass=args.break_glass)
+    except (OSError, orjson.JSONDecodeError, QiaoError) as error:
+        print(f"qiao client add: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 2
+    print(f"client {client.client_id} acts for Organization/{client.organization} with scopes {client.scope} (access {client.access})")
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    from app import db
+    from app.auth import clients, scopes, smart
+    from app.auth.principal import PURPOSES, UNRESTRICTED
+    from app.errors import QiaoError
+
+    settings = get_settings()
+    try:
+        requested = scopes.parse(args.scope)
+        if args.purpose not in PURPOSES:
+            raise ValueError(f"--purpose must be one of {', '.join(sorted(PURPOSES))}")
+        with db.transaction() as session:
+            if args.client is None:
+                issued = smart.mint(session, "operator", None, str(requested), access=UNRESTRICTED, purpose=args.purpose,
+                                    lifetime=settings.token_lifetime)
+            else:
+                client = clients.get(session, args.client)
+                if client is None:
+                    raise ValueError(f"no client {args.client!r} is registered")
+                granted = scopes.granted(requested, scopes.parse(client.scope))
+                if not granted.grants:
+                    raise ValueError(f"client {args.client} may have none of {args.scope}")
+                issued = smart.mint(session, client.client_id, client.organization, str(granted), access=client.access,
+                                    purpose=args.purpose, lifetime=settings.token_lifetime)
+    except (QiaoError, ValueError) as error:
+        print(f"qiao token: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 2
+    print(issued)
+    return 0
+
+
+def verify_audit() -> int:
+    from app import db
+    from app.auth import audit_store
+
+    audit_store.seal()
+    with db.read_session() as session:
+        result = audit_store.verify(session)
+    print(f"sealed {result.sealed} pending {result.pending} head {result.head}")
+    for problem in result.breaks:
+        print(f"BROKEN {problem}")
+    return 0 if result.intact else 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,15 @@ class Settings(BaseSettings):
     #: PostgreSQL connections per worker and per pool (writes, reads), plus half as many overflow.
     db_pool_size: int = 10
     log_level: str = "INFO"
+    #: Require SMART Backend Services bearer tokens. Off only for local experiments: `qiao serve` then refuses any
+    #: address but loopback.
+    auth: bool = True
+    #: Lifetime of the bearer tokens the token endpoint issues, in seconds (SMART: at most 300).
+    token_lifetime: int = 300
+    #: Origins allowed to call from a browser (comma-separated); empty: CORS closed.
+    cors_origins: str = ""
+    #: How often queued read audits are written (seconds); the most a hard crash can lose.
+    audit_flush_seconds: float = 0.2
 
     @property
     def effective_database_url(self) -> str:

@@ -5,10 +5,10 @@ any exception. Services flush when they need database-generated values; they nev
 """
 
 import hashlib
-from collections.abc import AsyncIterator, Iterator
-from typing import Annotated, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
-from fastapi import Depends
 from sqlalchemy import Engine, MetaData, Table, create_engine, event, insert, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -99,9 +99,14 @@ def new_session() -> Session:
     return _session_factory()
 
 
-def session_scope() -> Iterator[Session]:
-    """The one commit point of a unit of work."""
+@contextmanager
+def transaction(info: dict[str, Any] | None = None) -> Iterator[Session]:
+    """The one commit point of a unit of work: commit when the block ends, roll back on any exception.
+
+    `info` goes to `session.info` (the principal the work runs for, app/auth/policy.py).
+    """
     session = new_session()
+    session.info.update(info or {})
     try:
         yield session
         session.commit()
@@ -112,25 +117,19 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-async def read_session_scope() -> AsyncIterator[Session]:
-    """Reads without BEGIN/COMMIT (autocommit): one round trip per query on the hot read and search paths.
-
-    Async on purpose: opening and closing an autocommit session does no I/O, so it needs no thread-pool hop.
-    """
+@contextmanager
+def read_session(info: dict[str, Any] | None = None) -> Iterator[Session]:
+    """Reads without BEGIN/COMMIT (autocommit): one round trip per query on the hot read and search paths."""
     get_engine()
     assert _read_session_factory is not None
     session = _read_session_factory()
+    session.info.update(info or {})
     try:
         yield session
     finally:
         session.close()
 
 
-ReadSessionDep = Annotated[Session, Depends(read_session_scope, scope="function")]
-
-#: scope="function": the commit happens before the response is sent, so a client never sees a success that was not
-#: committed (FastAPI's default request scope runs the exit code after the response).
-SessionDep = Annotated[Session, Depends(session_scope, scope="function")]
 
 
 def begin_write(session: Session) -> None:

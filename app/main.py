@@ -8,11 +8,16 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.auth import audit_store, audit_trail
+from app.auth import routes as auth_routes
+from app.auth.principal import Principal
+from app.auth.scopes import Scopes
 from app.config import get_settings
-from app.errors import Issue, QiaoError
+from app.errors import Forbidden, Issue, QiaoError, Unauthorized
 from app.fhir import routes as fhir_routes
 from app.fhir.formats import FhirResponse
 from app.fhir.outcomes import from_error, operation_outcome
@@ -20,17 +25,30 @@ from app.logging import fields
 
 log = logging.getLogger("qiao")
 
+_INTERACTIONS = {"GET": "read", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _HTTP_ISSUE_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 413: "too-costly", 415: "not-supported"}
 
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().handler_threads
-    yield
+    settings = get_settings()
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.handler_threads
+    writer = audit_store.Writer(settings.audit_flush_seconds)
+    writer.start()
+    try:
+        yield
+    finally:
+        await anyio.to_thread.run_sync(writer.stop)
 
 
 def create_app() -> FastAPI:
+    settings = get_settings()
     app = FastAPI(title="Qiao", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
+    if settings.cors_origins:
+        origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["ETag", "Location", "Content-Location"])
+    app.include_router(auth_routes.router)  # before the FHIR routes: /fhir/auth/token is no resource type
     app.include_router(fhir_routes.router)
     app.add_exception_handler(QiaoError, _qiao_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -39,9 +57,23 @@ def create_app() -> FastAPI:
     return app
 
 
-async def _qiao_error(_request: Request, error: Exception) -> Response:
+async def _qiao_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, QiaoError)
+    if isinstance(error, Unauthorized | Forbidden):
+        _audit_refusal(request, error)
     return FhirResponse(from_error(error), status_code=error.status, headers=error.headers)
+
+
+def _audit_refusal(request: Request, error: QiaoError) -> None:
+    """Refused requests are audited too (outcome: minor failure), with whatever is known of the caller."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        address = request.client.host if request.client else None
+        principal = Principal("unauthenticated", None, Scopes(()), address=address)
+    audit_trail.queue.put(audit_trail.event(
+        principal, _INTERACTIONS.get(request.method, "read"), query=f"{request.method} {request.url.path}",
+        outcome=audit_trail.MINOR_FAILURE, description=error.message,
+    ))
 
 
 async def _validation_error(_request: Request, error: Exception) -> Response:

@@ -35,3 +35,10 @@ def blood_pressure(patient_ref: str, systolic: float = 150, diastolic: float = 9
         "effectiveDateTime": when,
         "component": [component("8480-6", systolic), component("8462-4", diastolic)],
     }
+
+
+#: Personal values the tests send; none may ever appear in a log line (tests/conftest.py scans them all).
+NAMES = ("张伟", "欧阳翠花", "李秀英")
+ID_NUMBERS = ("11010519491231002X", "110105194912310021", "440524188001010014")
+PHONES = ("13800138000", "13912345678")
+PERSONAL_VALUES = (*NAMES, *ID_NUMBERS, *PHONES)

@@ -37,12 +37,24 @@ def test_serve_on_the_embedded_default(tmp_path: Path, workers: int) -> None:
                 time.sleep(0.2)
         else:
             pytest.fail("qiao serve did not answer")
+        assert httpx.get(f"{base}/Patient").status_code == 401
+        minted = subprocess.run([sys.executable, "-m", "app.cli", "token", "--scope", "system/*.cruds"], env=env,
+                                capture_output=True, text=True, check=True)
+        auth = {"Authorization": f"Bearer {minted.stdout.split()[-1]}"}
         created = httpx.post(f"{base}/Patient", json={"resourceType": "Patient", "gender": "female"},
-                             headers={"Content-Type": "application/fhir+json"})
+                             headers={"Content-Type": "application/fhir+json", **auth})
         assert created.status_code == 201
-        assert httpx.get(f"{base}/Patient/{created.json()['id']}").status_code == 200
+        assert httpx.get(f"{base}/Patient/{created.json()['id']}", headers=auth).status_code == 200
         assert (tmp_path / "var" / "qiao.sqlite3").exists()
     finally:
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=30)[0].decode()
     assert "11010519" not in output  # nothing personal in the logs
+
+
+def test_serve_without_auth_refuses_a_public_address(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QIAO_")} | {"QIAO_DATA_DIR": str(tmp_path), "QIAO_AUTH": "false"}
+    result = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "loopback" in result.stderr

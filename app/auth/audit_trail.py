@@ -98,6 +98,12 @@ class Queue:
             self._events.append(audit)
         self.ready.set()
 
+    def put_back(self, events: list[dict[str, Any]]) -> None:
+        """Return events that could not be written, to be tried again first."""
+        with self._lock:
+            self._events[:0] = events
+        self.ready.set()
+
     def take(self, limit: int = 2000) -> list[dict[str, Any]]:
         with self._lock:
             taken, self._events = self._events[:limit], self._events[limit:]

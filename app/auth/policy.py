@@ -52,10 +52,10 @@ def require(principal: Principal, resource_type: str, interaction: str) -> None:
 
 
 def readable_types(principal: Principal) -> tuple[set[str] | None, bool]:
-    """(types the principal may read, None for all; whether AuditEvents are among them) for system-wide history."""
-    if principal.unrestricted:
-        return None, True
-    return principal.scopes.types_allowed("r"), principal.scopes.allows_explicitly(AUDIT_TYPE, "r")
+    """(types the principal may read, None for all; whether AuditEvents are among them) for system-wide history.
+    The audit trail joins the clinical history only for a token that names it."""
+    audit_events = principal.scopes.allows_explicitly(AUDIT_TYPE, "r")
+    return (None if principal.unrestricted else principal.scopes.types_allowed("r")), audit_events
 
 
 def may_read_type(principal: Principal, resource_type: str) -> bool:

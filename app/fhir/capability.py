@@ -5,6 +5,7 @@ from functools import cache
 from typing import Any
 
 from app import __doc__ as product_description
+from app.config import get_settings
 from app.fhir import resources
 from app.store.search_parameters import SPECIAL, parameters_for
 
@@ -62,4 +63,13 @@ def _statement() -> dict[str, Any]:
 def capability_statement(base: str) -> dict[str, Any]:
     statement = deepcopy(_statement())
     statement["implementation"]["url"] = base
+    statement["rest"][0]["security"] = {
+        "cors": bool(get_settings().cors_origins),
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": f"{base}/auth/token"}],
+        }],
+        "description": "SMART Backend Services (client_credentials + private_key_jwt, RS384/ES384); see .well-known/smart-configuration",
+    }
     return statement

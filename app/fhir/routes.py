@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 
-from app.db import ReadSessionDep, SessionDep
+from app.auth.access import ReadSessionDep, SessionDep
 from app.fhir import bundles, capability, formats, interactions
 from app.fhir.formats import FhirResponse
 from app.fhir.outcomes import information
