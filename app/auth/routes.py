@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from app import db
 from app.auth import smart
 from app.auth.smart import TokenError
+from app.errors import UnsupportedMediaType
 from app.fhir import formats
 
 router = APIRouter(prefix="/fhir")
@@ -30,14 +31,20 @@ def smart_configuration(request: Request) -> dict[str, Any]:
     }
 
 
-async def form_fields(request: Request) -> dict[str, str]:
-    return dict(await formats.read_form(request))
+async def form_fields(request: Request) -> dict[str, str] | None:
+    """The posted form; None when the body is not application/x-www-form-urlencoded (an OAuth error, not a 415)."""
+    try:
+        return dict(await formats.read_form(request))
+    except UnsupportedMediaType:
+        return None
 
 
 @router.post("/auth/token")
-def token(request: Request, form: Annotated[dict[str, str], Depends(form_fields)]) -> Response:
+def token(request: Request, form: Annotated[dict[str, str] | None, Depends(form_fields)]) -> Response:
     """client_credentials with a JWT assertion → a bearer token (SMART Backend Services)."""
     try:
+        if form is None:
+            raise TokenError("invalid_request", f"the token request is a form ({formats.FORM})")
         with db.transaction() as session:
             body = smart.issue(session, form, token_url(request))
     except TokenError as error:

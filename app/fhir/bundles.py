@@ -135,6 +135,8 @@ def _transaction(session: Session, entries: list[Entry], base: str) -> None:
                 if_match = formats.if_match_version(entry.request.get("ifMatch"))
                 write = store.plan_update(session, entry.resource_type, entry.resource_id or "", prepared, if_match=if_match)
                 writes.append((entry, write))
+            if writes and writes[-1][0] is entry:
+                store.authorize(session, writes[-1][1])
     for (entry, _), stored in zip(writes, store.apply(session, [w for _, w in writes]), strict=True):
         entry.response = _write_response(stored, 201 if stored.created else 200, base)
     for index in existing_creates:

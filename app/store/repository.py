@@ -274,14 +274,17 @@ def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
         return []
     principal = policy.principal_of(session)
     for write in writes:
-        _authorize(session, principal, write)
+        authorize(session, write, principal)
     stored = _write(session, writes)
     if principal is not SYSTEM:
         append_audit(session, _write_audits(principal, stored))
     return stored
 
 
-def _authorize(session: Session, principal: Principal, write: Write) -> None:
+def authorize(session: Session, write: Write, principal: Principal | None = None) -> None:
+    """Raise Forbidden unless the principal may make this write (`apply` checks every write; a transaction checks
+    each entry first, so that a refusal names the entry)."""
+    principal = principal or policy.principal_of(session)
     existing = write.current if write.current is not None and not write.current.deleted else None
     interaction = "d" if write.content is None else ("u" if existing else "c")
     policy.require(principal, write.resource_type, interaction)
