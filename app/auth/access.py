@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app import db
 from app.auth import smart
@@ -17,21 +18,27 @@ from app.errors import Unauthorized
 ANONYMOUS = Principal("anonymous", None, Scopes((("*", "cruds"),)), access=UNRESTRICTED)
 
 
-def current_principal(request: Request) -> Principal:
-    """Sync on purpose: checking a token may read the signing key from the database (the first time per key)."""
+async def current_principal(request: Request) -> Principal:
+    """A token seen before is checked without I/O or a thread hop; a new one may need the signing key from the
+    database, so it is verified in the thread pool."""
     address = request.client.host if request.client else None
     if not get_settings().auth:
         principal = ANONYMOUS
     else:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthorized("a bearer token is required (SMART Backend Services; see /fhir/.well-known/smart-configuration)",
                                expression=["Authorization"])
-        with db.read_session() as session:
-            principal = smart.principal(session, token.strip(), address)
+        principal = smart.cached_principal(token, address) or await run_in_threadpool(_verify, token, address)
     request.state.principal = principal
     return principal
+
+
+def _verify(token: str, address: str | None) -> Principal:
+    with db.read_session() as session:
+        return smart.principal(session, token, address)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -4,7 +4,7 @@ ways, to rows already read (`visible`) and inside search SQL (`visible_sql`). Th
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import literal, select, union_all
 from sqlalchemy.orm import Session
 
 from app.auth.principal import ALL, SYSTEM, Principal
@@ -76,13 +76,13 @@ def visible(session: Session, principal: Principal, rows: Sequence[Owned]) -> li
     denied: set[str] = set()
     caring: set[str] = set()
     if patients:
-        denied = set(session.connection().scalars(
-            select(consent_denial.c.patient_id).where(consent_denial.c.patient_id.in_(patients), consent_denial.c.org_id.in_([org, "*"]))
-        ))
-        if not principal.every_resident:
-            caring = set(session.connection().scalars(
-                select(care_relation.c.patient_id).where(care_relation.c.patient_id.in_(patients - denied), care_relation.c.org_id == org)
-            ))
+        denials = select(consent_denial.c.patient_id, literal("denied").label("fact")).where(
+            consent_denial.c.patient_id.in_(patients), consent_denial.c.org_id.in_([org, "*"]))
+        cares = select(care_relation.c.patient_id, literal("caring").label("fact")).where(
+            care_relation.c.patient_id.in_(patients), care_relation.c.org_id == org)
+        statement = denials if principal.every_resident else union_all(denials, cares)
+        for patient_id, fact in session.connection().execute(statement):
+            (denied if fact == "denied" else caring).add(patient_id)
     return [_decide(principal, row, denied, caring) for row in rows]
 
 

@@ -290,8 +290,8 @@ def authorize(session: Session, write: Write, principal: Principal | None = None
     policy.require(principal, write.resource_type, interaction)
     if existing is not None:
         policy.require_writable(session, principal, existing, f"{write.resource_type}/{write.resource_id}")
-    if write.current is None:
-        write.org = principal.organization
+    if write.current is None and principal is not SYSTEM:
+        write.org = principal.organization  # the server's own writes (adapters, loaders) name their source's
 
 
 def _write_audits(principal: Principal, stored: Sequence[Stored]) -> list[dict[str, Any]]:

@@ -111,15 +111,18 @@ class Server:
 
 
 @contextmanager
-def qiao_server(database_url: str, *, workers: int = 2, port: int = 8181) -> Iterator[Server]:
-    env = {**os.environ, "QIAO_DATABASE_URL": database_url, "QIAO_LOG_LEVEL": "WARNING", "QIAO_DB_POOL_SIZE": "10"}
-    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)]
-    process = subprocess.Popen(command, env=env, cwd=ROOT)
+def qiao_server(database_url: str, *, workers: int = 2, port: int = 8181, source: Path = ROOT,
+                command: list[str] | None = None) -> Iterator[Server]:
+    """`qiao serve` on PostgreSQL (or `command`, run in `source`: another checkout of Qiao, for same-run baselines)."""
+    env = {**os.environ, "QIAO_DATABASE_URL": database_url, "QIAO_LOG_LEVEL": "WARNING", "QIAO_DB_POOL_SIZE": "10",
+           "PYTHONPATH": str(source)}
+    command = command or [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)]
+    process = subprocess.Popen(command, env=env, cwd=source)
     server = Server(process, f"http://127.0.0.1:{port}/fhir")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{server.url}/Patient?_count=1", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}/metadata", timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
             time.sleep(0.3)
@@ -157,11 +160,12 @@ class LoadResult:
         )
 
 
-async def _client(host: str, port: int, paths: Callable[[], str], until: float, out: list[float], errors: list[int]) -> None:
+async def _client(host: str, port: int, paths: Callable[[], str], until: float, out: list[float], errors: list[int],
+                  extra: str = "") -> None:
     """One keep-alive HTTP/1.1 connection issuing GETs back to back (a minimal client, so the load costs little CPU)."""
     reader, writer = await asyncio.open_connection(host, port)
     while time.perf_counter() < until:
-        request = f"GET {paths()} HTTP/1.1\r\nHost: {host}\r\nAccept: application/fhir+json\r\n\r\n".encode()
+        request = f"GET {paths()} HTTP/1.1\r\nHost: {host}\r\nAccept: application/fhir+json\r\n{extra}\r\n".encode()
         start = time.perf_counter()
         writer.write(request)
         status_line = await reader.readline()
@@ -176,8 +180,10 @@ async def _client(host: str, port: int, paths: Callable[[], str], until: float, 
     writer.close()
 
 
-def http_load(url: str, paths: Callable[[], str], *, clients: int = 16, seconds: float = 15.0) -> LoadResult:
+def http_load(url: str, paths: Callable[[], str], *, clients: int = 16, seconds: float = 15.0,
+              headers: dict[str, str] | None = None) -> LoadResult:
     parsed = httpx.URL(url)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
 
     async def run() -> LoadResult:
         latencies: list[float] = []
@@ -185,7 +191,7 @@ def http_load(url: str, paths: Callable[[], str], *, clients: int = 16, seconds:
         cpu = time.process_time()
         start = time.perf_counter()
         until = start + seconds
-        await asyncio.gather(*(_client(parsed.host, parsed.port or 80, paths, until, latencies, errors) for _ in range(clients)))
+        await asyncio.gather(*(_client(parsed.host, parsed.port or 80, paths, until, latencies, errors, extra) for _ in range(clients)))
         return LoadResult(latencies, time.perf_counter() - start, errors[0], time.process_time() - cpu)
 
     return asyncio.run(run())
@@ -222,3 +228,11 @@ def mib(value: float) -> str:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def operator_token(database_url: str, scope: str = "system/*.cruds") -> dict[str, str]:
+    """An Authorization header from `qiao token` (the local operator), as the README shows."""
+    env = {**os.environ, "QIAO_DATABASE_URL": database_url, "QIAO_LOG_LEVEL": "WARNING"}
+    minted = subprocess.run([sys.executable, "-m", "app.cli", "token", "--scope", scope], env=env, cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    return {"Authorization": f"Bearer {minted.stdout.split()[-1]}"}

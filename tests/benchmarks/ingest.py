@@ -19,7 +19,7 @@ import orjson
 import psycopg
 
 from app.fhir.resources import model_class
-from tests.benchmarks.common import blood_pressure, mib, patient, qiao_server, scratch_database
+from tests.benchmarks.common import blood_pressure, mib, operator_token, patient, qiao_server, scratch_database
 
 
 def bundles(total: int, size: int, seed: int = 7) -> list[list[dict]]:
@@ -37,7 +37,8 @@ def bundles(total: int, size: int, seed: int = 7) -> list[list[dict]]:
     return out
 
 
-def post_all(url: str, bodies: list[bytes], clients: int, on_start: "Callable[[], None] | None" = None) -> tuple[float, int]:
+def post_all(url: str, bodies: list[bytes], clients: int, on_start: "Callable[[], None] | None" = None,
+             headers: dict[str, str] | None = None) -> tuple[float, int]:
     queue = list(reversed(bodies))
     lock = threading.Lock()
     failures = [0]
@@ -49,7 +50,7 @@ def post_all(url: str, bodies: list[bytes], clients: int, on_start: "Callable[[]
                     if not queue:
                         return
                     body = queue.pop()
-                response = http.post(url, content=body, headers={"Content-Type": "application/fhir+json"})
+                response = http.post(url, content=body, headers={"Content-Type": "application/fhir+json", **(headers or {})})
                 if response.status_code != 200:
                     with lock:
                         failures[0] += 1
@@ -104,13 +105,14 @@ def main() -> None:
 
     database_url = scratch_database("qiao_bench_ingest")
     with qiao_server(database_url, workers=args.workers) as server:
+        auth = operator_token(database_url)
         idle_rss = server.rss_bytes()
         server.sample_rss()
         split: list[int] = []
-        seconds, failures = post_all(server.url, bodies, args.clients, lambda: split.extend(server.connections_per_worker()))
+        seconds, failures = post_all(server.url, bodies, args.clients, lambda: split.extend(server.connections_per_worker()), auth)
         peak_rss = max(server.rss_samples or [idle_rss])
         end_rss = server.rss_bytes()
-        stored = httpx.get(f"{server.url}/Observation?_summary=count").json()["total"] * 2
+        stored = httpx.get(f"{server.url}/Observation?_summary=count", headers=auth).json()["total"] * 2
     qiao_rate = total / seconds
 
     raw = raw_insert_rate(scratch_database("qiao_bench_raw"), batches)

@@ -25,6 +25,7 @@ from tests.benchmarks.common import (
     http_load,
     id_card,
     mib,
+    operator_token,
     patient,
     qiao_server,
     scratch_database,
@@ -39,7 +40,7 @@ def patient_id(n: int) -> str:
     return str(uuid.uuid5(NAMESPACE, f"Patient/{n}"))
 
 
-def load_range(database_url: str, start: int, stop: int) -> None:
+def load_range(database_url: str, start: int, stop: int, org: str | None = None) -> None:
     engine = db.make_engine(database_url, pool_size=2)
     db.set_engine(engine)
     rng = random.Random(start)
@@ -47,9 +48,9 @@ def load_range(database_url: str, start: int, stop: int) -> None:
         writes = []
         for n in range(first, min(first + BATCH, stop), 2):
             pid = patient_id(n)
-            writes.append(repository.Write("Patient", pid, "POST", patient(n, rng), None))
+            writes.append(repository.Write("Patient", pid, "POST", patient(n, rng), None, org=org))
             writes.append(repository.Write("Observation", str(uuid.uuid5(NAMESPACE, f"Observation/{n}")), "POST",
-                                           blood_pressure(f"Patient/{pid}", n, rng), None))
+                                           blood_pressure(f"Patient/{pid}", n, rng), None, org=org))
         session = db.new_session()
         repository.apply(session, writes)
         session.commit()
@@ -57,14 +58,14 @@ def load_range(database_url: str, start: int, stop: int) -> None:
     engine.dispose()
 
 
-def load(database_url: str, stored: int, processes: int = 2) -> float:
+def load(database_url: str, stored: int, processes: int = 2, org: str | None = None) -> float:
     engine = db.make_engine(database_url)
     migrate.upgrade(engine)
     engine.dispose()
     step = stored // processes // BATCH * BATCH
     ranges = [(i * step, stored if i == processes - 1 else (i + 1) * step) for i in range(processes)]
     start = time.perf_counter()
-    workers = [multiprocessing.Process(target=load_range, args=(database_url, a, b)) for a, b in ranges]
+    workers = [multiprocessing.Process(target=load_range, args=(database_url, a, b, org)) for a, b in ranges]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -125,12 +126,13 @@ def main() -> None:
         return f"/fhir/Patient?identifier={quote('urn:oid:2.16.156.10011.1.3|' + value, safe='')}"
 
     with qiao_server(database_url, workers=args.workers) as server:
-        http_load(server.url, read_path, clients=args.clients, seconds=2)  # warm-up
-        http_load(server.url, identifier_path, clients=args.clients, seconds=2)
+        auth = operator_token(database_url)
+        http_load(server.url, read_path, clients=args.clients, seconds=2, headers=auth)  # warm-up
+        http_load(server.url, identifier_path, clients=args.clients, seconds=2, headers=auth)
         split: list[int] = []
         threading.Timer(2, lambda: split.extend(server.connections_per_worker())).start()
-        reads = http_load(server.url, read_path, clients=args.clients, seconds=args.seconds)
-        searches = http_load(server.url, identifier_path, clients=args.clients, seconds=args.seconds)
+        reads = http_load(server.url, read_path, clients=args.clients, seconds=args.seconds, headers=auth)
+        searches = http_load(server.url, identifier_path, clients=args.clients, seconds=args.seconds, headers=auth)
         rss = server.rss_bytes()
     raw = raw_point_reads(database_url, patients, args.clients, args.seconds)
 
