@@ -19,6 +19,5 @@ ENV QIAO_DATA_DIR=/home/qiao/var \
     PYTHONUNBUFFERED=1
 EXPOSE 8080 2575
 # `qiao serve` migrates the schema first; set QIAO_DATABASE_URL to PostgreSQL in production.
-# There is no authentication yet (the security issue adds it and refuses non-loopback binds without it): until then
-# publish this port only on a trusted network.
+# Every FHIR request needs a SMART Backend Services token: register clients with `qiao client add` (see README).
 CMD ["qiao", "serve", "--host", "0.0.0.0", "--port", "8080"]

@@ -31,7 +31,8 @@ async def current_principal(request: Request) -> Principal:
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("a bearer token is required (SMART Backend Services; see /fhir/.well-known/smart-configuration)",
                                expression=["Authorization"])
-        principal = smart.cached_principal(token, address) or await run_in_threadpool(_verify, token, address)
+        cached = smart.cached_principal(token, address)
+        principal = cached if cached is not None else await run_in_threadpool(_verify, token, address)
     request.state.principal = principal
     return principal
 
