@@ -70,7 +70,7 @@ def test_the_hash_chain_shows_tampering(client: TestClient, institutions: dict[s
     for _ in range(3):
         post(client, chc, blood_pressure(f"Patient/{resident}"))
     audit_store.flush()
-    assert audit_store.seal() >= 4
+    audit_store.seal()  # the server's own writer thread may have sealed some already
     with db.read_session() as session:
         intact = audit_store.verify(session)
     assert intact.intact and intact.sealed >= 4 and intact.pending == 0
