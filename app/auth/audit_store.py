@@ -43,6 +43,9 @@ def flush() -> int:
 
 def seal() -> int:
     """Chain every committed, unsealed AuditEvent; returns how many were sealed."""
+    with db.read_session() as session:
+        if session.execute(select(audit_pending.c.resource_pk).limit(1)).first() is None:
+            return 0  # nothing to seal: take no write lock (SQLite has one for the whole database)
     sealed = 0
     while True:
         with db.transaction() as session:

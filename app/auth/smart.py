@@ -132,6 +132,7 @@ def mint(session: Session, client_id: str, organization: str | None, scope: str,
 
 
 def _signing_key(session: Session) -> tuple[str, str]:
+    begin_write(session)  # SQLite: lock before reading, so the first key's insert cannot meet a stale snapshot
     row = session.execute(select(auth_key.c.kid, auth_key.c.secret).order_by(auth_key.c.created_at.desc()).limit(1)).first()
     if row is not None:
         return row.kid, row.secret
