@@ -27,8 +27,17 @@ GENESIS = "0" * 64
 SEAL_BATCH = 5000
 
 
+_flushing = threading.Lock()
+
+
 def flush() -> int:
-    """Write every queued audit event now; returns how many."""
+    """Write every queued audit event now; returns how many. When it returns, every event queued before the call is
+    committed, also those a concurrent flush (the writer thread) had taken."""
+    with _flushing:
+        return _flush()
+
+
+def _flush() -> int:
     written = 0
     while batch := audit_trail.queue.take():
         try:
