@@ -91,24 +91,19 @@ class Queue:
     def __init__(self) -> None:
         self._events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self.ready = threading.Event()
 
     def put(self, audit: dict[str, Any]) -> None:
         with self._lock:
             self._events.append(audit)
-        self.ready.set()
 
     def put_back(self, events: list[dict[str, Any]]) -> None:
         """Return events that could not be written, to be tried again first."""
         with self._lock:
             self._events[:0] = events
-        self.ready.set()
 
     def take(self, limit: int = 2000) -> list[dict[str, Any]]:
         with self._lock:
             taken, self._events = self._events[:limit], self._events[limit:]
-            if not self._events:
-                self.ready.clear()
         return taken
 
     def __len__(self) -> int:

@@ -2,6 +2,7 @@
 ways, to rows already read (`visible`) and inside search SQL (`visible_sql`). The two must agree; a test checks it."""
 
 from collections.abc import Iterable, Sequence
+from functools import cache
 from typing import Protocol
 
 from sqlalchemy import literal, select, union_all
@@ -29,6 +30,7 @@ def principal_of(session: Session) -> Principal:
     return principal
 
 
+@cache
 def private_types() -> frozenset[str]:
     return frozenset(policy_data()["organization_private"])
 
@@ -37,13 +39,9 @@ def require(principal: Principal, resource_type: str, interaction: str) -> None:
     """Raise Forbidden unless the scopes allow `interaction` (one of c r u d s) on `resource_type`."""
     if principal.unrestricted:
         return
-    if resource_type == AUDIT_TYPE:
-        if interaction in "cud":
-            raise Forbidden("AuditEvents are written by the server only and cannot be changed", expression=[AUDIT_TYPE])
-        allowed = principal.scopes.allows_explicitly(AUDIT_TYPE, interaction)
-    else:
-        allowed = principal.scopes.allows(resource_type, interaction)
-    if not allowed:
+    if resource_type == AUDIT_TYPE and interaction in "cud":
+        raise Forbidden("AuditEvents are written by the server only and cannot be changed", expression=[AUDIT_TYPE])
+    if not may(principal, resource_type, interaction):
         raise Forbidden(
             f"the token's scopes do not allow {_NAMES[interaction]} on {resource_type}"
             f" (needs system/{resource_type}.{interaction})",
@@ -58,16 +56,17 @@ def readable_types(principal: Principal) -> tuple[set[str] | None, bool]:
     return (None if principal.unrestricted else principal.scopes.types_allowed("r")), audit_events
 
 
-def may_read_type(principal: Principal, resource_type: str) -> bool:
+def may(principal: Principal, resource_type: str, interaction: str) -> bool:
+    """Whether the scopes allow `interaction` on `resource_type`; the audit trail only by a scope that names it."""
     if principal.unrestricted:
         return True
     if resource_type == AUDIT_TYPE:
-        return principal.scopes.allows_explicitly(AUDIT_TYPE, "r")
-    return principal.scopes.allows(resource_type, "r")
+        return principal.scopes.allows_explicitly(AUDIT_TYPE, interaction)
+    return principal.scopes.allows(resource_type, interaction)
 
 
 def visible(session: Session, principal: Principal, rows: Sequence[Owned]) -> list[bool]:
-    """For each row, whether the principal may see it (two queries for the whole batch)."""
+    """For each row, whether the principal may see it (one query for the whole batch)."""
     if principal.unrestricted:
         return [True] * len(rows)
     org = principal.organization or ""

@@ -38,24 +38,22 @@ auth_key = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
-care_relation = Table(
-    "care_relation",
-    metadata,
-    Column("resource_pk", PrimaryKey, ForeignKey("resource.pk"), nullable=False, index=True),
-    Column("patient_id", String(64), nullable=False),
-    Column("org_id", String(64), nullable=False),
-    Index(None, "patient_id", "org_id"),
-)
+def _resident_fact(name: str) -> Table:
+    """(resident, Organization) pairs derived from one resource, rewritten with it (app/auth/relations.py)."""
+    return Table(
+        name,
+        metadata,
+        Column("resource_pk", PrimaryKey, ForeignKey("resource.pk"), nullable=False, index=True),
+        Column("patient_id", String(64), nullable=False),
+        Column("org_id", String(64), nullable=False),
+        Index(None, "patient_id", "org_id"),
+    )
 
-consent_denial = Table(
-    "consent_denial",
-    metadata,
-    Column("resource_pk", PrimaryKey, ForeignKey("resource.pk"), nullable=False, index=True),
-    Column("patient_id", String(64), nullable=False),
-    #: the Organization denied, or "*" for every organization but the data's own sender
-    Column("org_id", String(64), nullable=False),
-    Index(None, "patient_id", "org_id"),
-)
+
+#: the Organizations caring for a resident
+care_relation = _resident_fact("care_relation")
+#: the Organizations a resident's Consent denies, or "*" for every one but the data's own sender
+consent_denial = _resident_fact("consent_denial")
 
 audit_pending = Table(
     "audit_pending",

@@ -137,7 +137,7 @@ def _transaction(session: Session, entries: list[Entry], base: str) -> None:
                 writes.append((entry, write))
             if writes and writes[-1][0] is entry:
                 store.authorize(session, writes[-1][1])
-    for (entry, _), stored in zip(writes, store.apply(session, [w for _, w in writes]), strict=True):
+    for (entry, _), stored in zip(writes, store.apply(session, [w for _, w in writes], authorized=True), strict=True):
         entry.response = _write_response(stored, 201 if stored.created else 200, base)
     for index in existing_creates:
         entry = entries[index]

@@ -3,7 +3,6 @@
 import re
 import unicodedata
 from collections.abc import Iterator
-from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -114,12 +113,9 @@ def index_rows(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str = "") 
     """The rows of every index table for one resource (without resource_pk, which the store adds)."""
     resource_type = resource["resourceType"]
     rows: IndexRows = {"token": [], "string": [], "date": [], "reference": []}
-    present = _present_heads(tuple(resource))
     for parameter in parameters_for(resource_type).values():
         seen: set[Any] = set()
         for path in parameter.paths:
-            if path.partition(".")[0] not in present:
-                continue  # most registry paths name elements this resource lacks: skip them without a walk
             for value in values_at(resource, path):
                 if not _matches_where(value, parameter):
                     continue
@@ -129,15 +125,6 @@ def index_rows(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str = "") 
                         seen.add(key)
                         rows[parameter.type].append({"res_type": resource_type, "param": parameter.name, **row})
     return rows
-
-
-@lru_cache(maxsize=4096)
-def _present_heads(keys: tuple[str, ...]) -> frozenset[str]:
-    """Every first path segment that `values_at` could match among these top-level keys (choice forms included)."""
-    heads = set(keys)
-    for key in keys:
-        heads.update(key[:i] for i in range(1, len(key)) if key[i].isupper())
-    return frozenset(heads)
 
 
 def _rows_for(parameter: SearchParameter, value: Any, zone: ZoneInfo, base_url: str) -> Iterator[dict[str, Any]]:

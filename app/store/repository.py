@@ -268,13 +268,15 @@ def check_version(resource_type: str, resource_id: str, found: Current | None, i
         )
 
 
-def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
-    """Check the principal may make these writes, store them, and audit them in the same transaction."""
+def apply(session: Session, writes: Sequence[Write], *, authorized: bool = False) -> list[Stored]:
+    """Check the principal may make these writes (unless the caller did, write by write: `authorize`), store them,
+    and audit them in the same transaction."""
     if not writes:
         return []
     principal = policy.principal_of(session)
-    for write in writes:
-        authorize(session, write, principal)
+    if not authorized:
+        for write in writes:
+            authorize(session, write, principal)
     stored = _write(session, writes)
     if principal is not SYSTEM:
         append_audit(session, _write_audits(principal, stored))
@@ -282,8 +284,8 @@ def apply(session: Session, writes: Sequence[Write]) -> list[Stored]:
 
 
 def authorize(session: Session, write: Write, principal: Principal | None = None) -> None:
-    """Raise Forbidden unless the principal may make this write (`apply` checks every write; a transaction checks
-    each entry first, so that a refusal names the entry)."""
+    """Raise Forbidden unless the principal may make this write (a transaction checks each entry itself, so that a
+    refusal names the entry; `apply` checks the writes of everyone else)."""
     principal = principal or policy.principal_of(session)
     existing = write.current if write.current is not None and not write.current.deleted else None
     interaction = "d" if write.content is None else ("u" if existing else "c")
@@ -298,7 +300,7 @@ def _write_audits(principal: Principal, stored: Sequence[Stored]) -> list[dict[s
     """One AuditEvent per kind of write in the batch, naming every version written and every resident touched."""
     kinds: dict[str, list[Stored]] = {}
     for item in stored:
-        kind = "delete" if item.deleted else ("create" if item.version_id == 1 or item.created else "update")
+        kind = "delete" if item.deleted else ("create" if item.created else "update")
         kinds.setdefault(kind, []).append(item)
     return [
         audit_trail.event(principal, kind, resources=[s.versioned_reference for s in items], patients=[s.patient for s in items if s.patient])
@@ -607,7 +609,7 @@ def _included(session: Session, principal: Principal, request: SearchRequest, ma
         .where(resource.c.pk.in_(sorted(pks)[:MAX_INCLUDES]), resource.c.deleted == false())
         .order_by(resource.c.pk)
     ).all()
-    included = [s for s in map(_stored, rows) if policy.may_read_type(principal, s.resource_type)]
+    included = [s for s in map(_stored, rows) if policy.may(principal, s.resource_type, "r")]
     return [s for s, shown in zip(included, policy.visible(session, principal, included), strict=True) if shown]
 
 

@@ -17,8 +17,9 @@ from tests.builders import FHIR_JSON, blood_pressure, patient
 
 def audit_events(client: TestClient, **params: str) -> list[dict[str, Any]]:
     audit_store.flush()
-    bundle = client.get("/fhir/AuditEvent", params={"_count": "100", **params}).json()
-    return [e["resource"] for e in bundle.get("entry", [])]
+    response = client.get("/fhir/AuditEvent", params={"_count": "100", **params})
+    assert response.status_code == 200, response.text
+    return [e["resource"] for e in response.json().get("entry", [])]
 
 
 def interaction(event: dict[str, Any]) -> str:
