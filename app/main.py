@@ -70,10 +70,8 @@ def _audit_refusal(request: Request, error: QiaoError) -> None:
     if principal is None:
         address = request.client.host if request.client else None
         principal = Principal("unauthenticated", None, Scopes(()), address=address)
-    audit_trail.queue.put(audit_trail.event(
-        principal, _INTERACTIONS.get(request.method, "read"), query=f"{request.method} {request.url.path}",
-        outcome=audit_trail.MINOR_FAILURE, description=error.message,
-    ))
+    audit_trail.record(principal, _INTERACTIONS.get(request.method, "read"), query=f"{request.method} {request.url.path}",
+                       outcome=audit_trail.MINOR_FAILURE, description=error.message)
 
 
 async def _validation_error(_request: Request, error: Exception) -> Response:

@@ -42,7 +42,7 @@ def _flush() -> int:
     while batch := audit_trail.queue.take():
         try:
             with db.transaction() as session:
-                store.append_audit(session, batch)
+                store.append_audit(session, audit_trail.events(batch))
         except BaseException:
             audit_trail.queue.put_back(batch)
             raise

@@ -5,7 +5,7 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 from typing import Protocol
 
-from sqlalchemy import literal, select, union_all
+from sqlalchemy import BindParameter, ColumnElement, bindparam, exists, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from app.auth.principal import ALL, SYSTEM, Principal
@@ -82,22 +82,42 @@ def visible(session: Session, principal: Principal, rows: Sequence[Owned]) -> li
         statement = denials if principal.every_resident else union_all(denials, cares)
         for patient_id, fact in session.connection().execute(statement):
             (denied if fact == "denied" else caring).add(patient_id)
-    return [_decide(principal, row, denied, caring) for row in rows]
+    return [decide(principal, row, denied=row.patient in denied, caring=row.patient in caring) for row in rows]
 
 
-def _decide(principal: Principal, row: Owned, denied: set[str], caring: set[str]) -> bool:
+#: Bound to the principal's organization when the facts are read with the row (`fact_columns`).
+ORGANIZATION: BindParameter[str] = bindparam("policy_org")
+
+
+def fact_columns(patient: ColumnElement[str]) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """`denied` and `caring` for the resident in column `patient`, to read the policy's facts in the same query as
+    the row itself (a single read then costs one round trip, as without a policy)."""
+    denied = exists().where(consent_denial.c.patient_id == patient,
+                            or_(consent_denial.c.org_id == ORGANIZATION, consent_denial.c.org_id == "*"))
+    caring = exists().where(care_relation.c.patient_id == patient, care_relation.c.org_id == ORGANIZATION)
+    return denied.label("denied"), caring.label("caring")
+
+
+def decide(principal: Principal, row: Owned, *, denied: bool, caring: bool) -> bool:
+    """The rule itself, given whether a consent denies this organization the row's resident and whether it cares
+    for them."""
+    if principal.unrestricted:
+        return True
     own = row.org is not None and row.org == principal.organization
     if row.resource_type in private_types():
         return own or principal.access == ALL
     if row.patient is None or own:
         return True
-    if row.patient in denied:
+    if denied:
         return False
-    return principal.every_resident or row.patient in caring
+    return principal.every_resident or caring
 
 
-def require_visible(session: Session, principal: Principal, row: Owned, reference: str) -> None:
-    if not visible(session, principal, [row])[0]:
+def require_visible(session: Session, principal: Principal, row: Owned, reference: str, *,
+                    facts: tuple[bool, bool] | None = None) -> None:
+    """Raise Forbidden unless the principal may see the row; `facts` (denied, caring) when read with it."""
+    seen = decide(principal, row, denied=facts[0], caring=facts[1]) if facts else visible(session, principal, [row])[0]
+    if not seen:
         raise Forbidden(
             f"{reference} belongs to another organization's resident who is not in {principal.organization}'s care"
             " (or whose consent denies sharing)",

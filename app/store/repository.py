@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 import orjson
-from sqlalchemy import Row, and_, bindparam, false, insert, select
+from sqlalchemy import Row, Select, and_, bindparam, false, insert, select
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
@@ -165,6 +165,9 @@ _VREAD = select(*_VERSION_COLUMNS, *_OWNER_COLUMNS).join(resource, resource.c.pk
     resource_version.c.res_id == bindparam("rid"),
     resource_version.c.version_id == bindparam("vid"),
 )
+# With the policy's facts about the row's resident, for a principal the policy applies to.
+_READ_POLICED = _READ.add_columns(*policy.fact_columns(resource.c.patient))
+_VREAD_POLICED = _VREAD.add_columns(*policy.fact_columns(resource.c.patient))
 _CURRENT = select(resource.c.pk, resource.c.version_id, resource.c.deleted, resource.c.res_type, *_OWNER_COLUMNS).where(
     resource.c.res_type == bindparam("rtype"), resource.c.res_id == bindparam("rid")
 )
@@ -175,11 +178,12 @@ def read(session: Session, resource_type: str, resource_id: str, *, audit: bool 
     check_type(resource_type)
     principal = policy.principal_of(session)
     policy.require(principal, resource_type, "r")
-    row = session.connection().execute(_READ, {"rtype": resource_type, "rid": resource_id}).first()
+    statement, params = _policed(principal, _READ, _READ_POLICED, {"rtype": resource_type, "rid": resource_id})
+    row = session.connection().execute(statement, params).first()
     if row is None:
         raise NotFound(f"{resource_type}/{resource_id} is not known", expression=[resource_type])
     stored = _stored(row)
-    policy.require_visible(session, principal, stored, stored.reference)
+    policy.require_visible(session, principal, stored, stored.reference, facts=_facts(row))
     if stored.deleted:
         raise Gone(f"{resource_type}/{resource_id} was deleted", expression=[resource_type])
     if audit:
@@ -193,25 +197,36 @@ def vread(session: Session, resource_type: str, resource_id: str, version_id: st
     policy.require(principal, resource_type, "r")
     if not version_id.isdigit():
         raise NotFound(f"version {version_id!r} of {resource_type}/{resource_id} is not known")
-    row = session.connection().execute(_VREAD, {"rtype": resource_type, "rid": resource_id, "vid": int(version_id)}).first()
+    statement, params = _policed(principal, _VREAD, _VREAD_POLICED, {"rtype": resource_type, "rid": resource_id, "vid": int(version_id)})
+    row = session.connection().execute(statement, params).first()
     if row is None:
         raise NotFound(f"version {version_id} of {resource_type}/{resource_id} is not known")
     stored = _stored(row)
-    policy.require_visible(session, principal, stored, stored.reference)
+    policy.require_visible(session, principal, stored, stored.reference, facts=_facts(row))
     if stored.deleted:
         raise Gone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
     _audit_access(principal, "vread", [stored])
     return stored
 
 
+def _policed(principal: Principal, plain: Select[Any], policed: Select[Any], params: dict[str, Any]) -> tuple[Select[Any], dict[str, Any]]:
+    """The statement to read a row with: with the policy's facts, unless the principal is unrestricted."""
+    if principal.unrestricted:
+        return plain, params
+    return policed, {**params, "policy_org": principal.organization or ""}
+
+
+def _facts(row: Row[Any]) -> tuple[bool, bool] | None:
+    values = row._mapping
+    return (bool(values["denied"]), bool(values["caring"])) if "denied" in values else None
+
+
 def _audit_access(principal: Principal, interaction: str, touched: Sequence[Stored], query: str | None = None) -> None:
     """Queue the audit of a read, search or history (the server's own reads are not audited)."""
     if principal is SYSTEM:
         return
-    audit_trail.queue.put(audit_trail.event(
-        principal, interaction, resources=[s.versioned_reference for s in touched if s.patient] if query is None else (),
-        patients=[s.patient for s in touched if s.patient], query=query,
-    ))
+    audit_trail.record(principal, interaction, query=query, patients=[s.patient for s in touched if s.patient],
+                       resources=[s.versioned_reference for s in touched if s.patient] if query is None else ())
 
 
 def current(session: Session, resource_type: str, resource_id: str, *, lock: bool = False) -> Current | None:

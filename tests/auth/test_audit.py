@@ -8,7 +8,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app import db
-from app.auth import audit_store
+from app.auth import audit_store, audit_trail
+from app.auth.principal import Principal
+from app.auth.scopes import Scopes
 from app.fhir import resources
 from tests.auth.conftest import Headers
 from tests.auth.test_policy import post
@@ -88,3 +90,26 @@ def test_the_hash_chain_shows_tampering(client: TestClient, institutions: dict[s
         connection.execute(text("DELETE FROM audit_chain WHERE position = 3"))
     with db.read_session() as session:
         assert any("missing" in problem for problem in audit_store.verify(session).breaks)
+
+
+def test_accesses_that_differ_only_in_what_and_when_share_one_event() -> None:
+    hospital = Principal("hospital", "hosp-1", Scopes((("*", "rs"),)), address="10.0.0.7")
+    other = Principal("hospital", "hosp-1", Scopes((("*", "rs"),)), address="10.0.0.8")
+    accesses = [audit_trail.Access(hospital, "read", (f"Patient/p{i}/_history/1",), (f"p{i}",)) for i in range(3)]
+    accesses += [audit_trail.Access(other, "read", ("Patient/p0/_history/1",), ("p0",)),
+                 audit_trail.Access(hospital, "read", ("Patient/p1/_history/1",), ("p1",)),  # read again: named once
+                 audit_trail.Access(hospital, "read", outcome=audit_trail.MINOR_FAILURE, description="refused")]
+    combined, elsewhere, refusal = audit_trail.events(accesses)
+    resources.validate(combined)
+    assert combined["period"]["start"] <= combined["period"]["end"] == combined["recorded"]
+    named = [e["what"]["reference"] for e in combined["entity"]]
+    assert sorted(named) == sorted([f"Patient/p{i}" for i in range(3)] + [f"Patient/p{i}/_history/1" for i in range(3)])
+    assert elsewhere["agent"][0]["network"]["address"] == "10.0.0.8" and "period" not in elsewhere
+    assert refusal["outcome"] == "4" and "entity" not in refusal
+
+
+def test_no_event_stands_for_more_than_the_combine_limit() -> None:
+    hospital = Principal("hospital", "hosp-1", Scopes((("*", "rs"),)))
+    count = audit_trail.COMBINE_LIMIT * 2 + 1
+    events = audit_trail.events(audit_trail.Access(hospital, "search", query=f"Patient?_id=p{i}") for i in range(count))
+    assert [len(e["entity"]) for e in events] == [audit_trail.COMBINE_LIMIT, audit_trail.COMBINE_LIMIT, 1]
