@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     #: How often queued read audits are written (seconds); the most a hard crash can lose.
     audit_flush_seconds: float = 0.2
+    #: Mappings (one folder per adapter) and code tables (codes/); the repository's own by default.
+    mappings_dir: Path = Path(__file__).resolve().parents[1] / "mappings"
+    #: The source systems (HIS, public health, contracts): their Organization, character set, identifier systems.
+    sources_file: Path = Path(__file__).resolve().parents[1] / "mappings" / "sources.yaml"
+    #: HL7 v2 over MLLP, served by every `qiao serve` worker; port 0 turns the listener off.
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
 
     @property
     def effective_database_url(self) -> str:

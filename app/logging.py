@@ -13,7 +13,7 @@ import orjson
 
 #: GB 11643 ID numbers (18 characters, or legacy 15 digits) and mainland mobile numbers, not inside longer numbers.
 PERSONAL_PATTERN = re.compile(r"(?<![0-9A-Za-z])(?:\d{17}[0-9Xx]|\d{15}|1[3-9]\d{9})(?![0-9A-Za-z])")
-QUIET_LOGGERS = ("sqlalchemy", "httpx", "httpcore", "alembic", "uvicorn.access", "hpack", "asyncio", "multipart")
+QUIET_LOGGERS = ("sqlalchemy", "httpx", "httpcore", "alembic", "uvicorn.access", "hpack", "asyncio", "multipart", "hl7")
 
 
 def mask(text: str) -> str:

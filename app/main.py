@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from adapters.hl7v2 import mllp
 from app.auth import audit_store, audit_trail
 from app.auth import routes as auth_routes
 from app.auth.principal import Principal
@@ -21,6 +22,8 @@ from app.errors import Forbidden, Issue, QiaoError, Unauthorized
 from app.fhir import routes as fhir_routes
 from app.fhir.formats import FhirResponse
 from app.fhir.outcomes import from_error, operation_outcome
+from app.ingest import pipeline
+from app.ingest import routes as ingest_routes
 from app.logging import fields
 
 log = logging.getLogger("qiao")
@@ -35,10 +38,18 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.handler_threads
     writer = audit_store.Writer(settings.audit_flush_seconds)
     writer.start()
+    listener = await mllp.serve(settings.mllp_host, settings.mllp_port, _mllp_message) if settings.mllp_port else None
     try:
         yield
     finally:
+        if listener is not None:
+            listener.close()
         await anyio.to_thread.run_sync(writer.stop)
+
+
+async def _mllp_message(raw: bytes) -> bytes:
+    outcome = await anyio.to_thread.run_sync(lambda: pipeline.receive_hl7v2(raw, channel="mllp"))
+    return outcome.ack()
 
 
 def create_app() -> FastAPI:
@@ -50,6 +61,7 @@ def create_app() -> FastAPI:
                            expose_headers=["ETag", "Location", "Content-Location"])
     app.include_router(auth_routes.router)  # before the FHIR routes: /fhir/auth/token is no resource type
     app.include_router(fhir_routes.router)
+    app.include_router(ingest_routes.router)
     app.add_exception_handler(QiaoError, _qiao_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

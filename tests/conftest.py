@@ -7,6 +7,9 @@ Tests commit for real (conditional create is tested under concurrency), and tabl
 
 import logging
 import os
+
+os.environ.setdefault("QIAO_MLLP_PORT", "0")  # no MLLP listener in test apps, unless a test asks for one
+
 import socket
 import tempfile
 import threading
@@ -30,7 +33,7 @@ from tests import builders
 POSTGRES_URL = os.environ.get("QIAO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("QIAO_TEST_REQUIRE_POSTGRES") == "1"
 TABLES = (
-    "audit_chain", "audit_pending", "care_relation", "consent_denial", "auth_jti", "auth_client",
+    "inbound_message", "audit_chain", "audit_pending", "care_relation", "consent_denial", "auth_jti", "auth_client",
     "search_reference", "search_date", "search_string", "search_token", "resource_version", "resource",
 )
 

@@ -1,0 +1,162 @@
+"""HL7 v2 bytes → SourceRecord: the character set, the segment ends and the parse tree, then values read by path.
+
+The parser is python-hl7 (`hl7` on PyPI): it splits on the separators MSH declares and unescapes values; what it
+leaves to the caller is decoding bytes, which real Chinese feeds make hard (GB18030 with or without MSH-18, UTF-8
+with a BOM), and segment ends other than CR. Paths read like the standard's own notation:
+
+    PID-5.1          field 5, component 1 (first repetition)
+    PID-3[5=NNCHN].1 the repetition of PID-3 whose component 5 is NNCHN, its component 1 (`|` separates choices)
+    PID-13[2].1      the second repetition
+    .1               in a scope made by each("PID-13"): component 1 of the current repetition
+"""
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import hl7
+
+from adapters.base import MessageError, Scope, SourceRecord
+
+BOM = b"\xef\xbb\xbf"
+#: HL7 table 0211 (MSH-18) → Python codec; GB2312 and GBK arrive labelled in many ways and GB18030 decodes them all.
+CHARSETS = {
+    "UNICODE UTF-8": "utf-8", "UTF-8": "utf-8", "UTF8": "utf-8", "UNICODE": "utf-8",
+    "GB 18030-2000": "gb18030", "GB18030": "gb18030", "GB 18030": "gb18030", "GBK": "gb18030", "GB2312": "gb18030",
+    "GB 2312": "gb18030", "ISO IR58": "gb18030", "CNS 11643-1992": "big5", "BIG-5": "big5",
+    "ASCII": "ascii", "8859/1": "latin-1",
+}
+DETECTED = ("utf-8", "gb18030")
+_PATH = re.compile(r"^(?P<segment>[A-Z][A-Z0-9]{2})-(?P<field>\d+)(?:\[(?P<select>[^\]]+)\])?(?P<rest>(?:\.\d+){0,2})$")
+_RELATIVE = re.compile(r"^(?:\.\d+){1,2}$")
+Repetition = list[list[str]]  # components, each a list of subcomponents
+
+
+def parse(raw: bytes, *, default_charset: str | None = None) -> SourceRecord:
+    """Decode and parse one message; MessageError says what is wrong and where."""
+    text, charset = decode(raw, default_charset=default_charset)
+    try:
+        message = hl7.parse(text)
+    except Exception as error:  # python-hl7 raises plain Python errors on malformed input
+        raise MessageError(f"the message cannot be parsed as HL7 v2: {type(error).__name__}", "MSH", "structure") from error
+    scope = Hl7Scope(message)
+    kind = "^".join(part for part in (scope.get("MSH-9.1"), scope.get("MSH-9.2")) if part)
+    if not kind:
+        raise MessageError("MSH-9 (message type) is empty", "MSH-9", "required")
+    return SourceRecord(kind=kind, control_id=scope.get("MSH-10"), scope=scope, charset=charset)
+
+
+def decode(raw: bytes, *, default_charset: str | None = None) -> tuple[str, str]:
+    """The message as text with CR segment ends, and the codec used: MSH-18 when it names a character set the bytes
+    are valid in, else the source's default, else the first of UTF-8, GB18030 that decodes strictly."""
+    body = raw[len(BOM):] if raw.startswith(BOM) else raw
+    body = body.strip(b"\x00\t\n\r\x0b\x1c ")
+    if not body.startswith(b"MSH") or len(body) < 8:
+        raise MessageError("not an HL7 v2 message: it must begin with an MSH segment", "MSH", "structure")
+    declared = CHARSETS.get(_declared_charset(body).upper())
+    candidates = [c for c in (declared, "utf-8" if raw.startswith(BOM) else None, default_charset, *DETECTED) if c]
+    for codec in dict.fromkeys(candidates):
+        try:
+            text = body.decode(codec)
+        except (UnicodeDecodeError, LookupError):
+            continue
+        return _segments(text), codec
+    raise MessageError("the message is in no known character set (tried MSH-18, the source's default, UTF-8, GB18030)",
+                       "MSH-18", "structure")
+
+
+def _declared_charset(body: bytes) -> str:
+    """MSH-18 read from the undecoded bytes (it is ASCII); the first repetition when several are given."""
+    first = re.split(rb"[\r\n]", body, maxsplit=1)[0]
+    separator = first[3:4]
+    fields = first.split(separator)
+    if len(fields) <= 17:
+        return ""
+    repetition = fields[1][1:2] or b"~"
+    return fields[17].split(repetition)[0].decode("ascii", errors="replace").strip()
+
+
+def _segments(text: str) -> str:
+    """Segments end in CR on the wire; files and some feeds use LF or CRLF. Blank lines are dropped."""
+    lines = re.split(r"\r\n|\r|\n", text)
+    return "\r".join(line for line in lines if line.strip())
+
+
+@dataclass
+class Hl7Scope:
+    """A parsed message, read by path; `each` narrows it to one segment occurrence or one field repetition."""
+
+    message: Any
+    current: dict[str, Any] = field(default_factory=dict)
+    repetition: Repetition | None = None
+
+    def get(self, path: str) -> str | None:
+        if _RELATIVE.match(path):
+            if self.repetition is None:
+                raise MessageError(f"relative path {path!r} outside a field repetition", path)
+            return _leaf(self.repetition, path)
+        match = _PATH.match(path)
+        if match is None:
+            raise MessageError(f"invalid HL7 v2 path {path!r}", path)
+        repetitions = self._repetitions(match["segment"], int(match["field"]))
+        chosen = _select(repetitions, match["select"], path)
+        return _leaf(chosen, match["rest"]) if chosen is not None else None
+
+    def each(self, path: str) -> list[Scope]:
+        if re.fullmatch(r"[A-Z][A-Z0-9]{2}", path):
+            return [Hl7Scope(self.message, {**self.current, path: segment}) for segment in self._segments(path)]
+        match = _PATH.match(path)
+        if match is None or match["select"] or match["rest"]:
+            raise MessageError(f"each needs a segment (OBX) or a field (PID-13), not {path!r}", path)
+        repetitions = self._repetitions(match["segment"], int(match["field"]))
+        return [Hl7Scope(self.message, self.current, r) for r in repetitions if any(any(c) for c in r)]
+
+    def _segments(self, segment_id: str) -> list[Any]:
+        return [s for s in self.message if str(s[0][0]) == segment_id]
+
+    def _repetitions(self, segment_id: str, number: int) -> list[Repetition]:
+        segment = self.current.get(segment_id)
+        if segment is None:
+            found = self._segments(segment_id)
+            segment = found[0] if found else None
+        if segment is None or number >= len(segment) or number < 1:
+            return []
+        if segment_id == "MSH" and number in (1, 2):
+            return [[[str(segment[number][0])]]]
+        return [_components(self.message, segment, r) for r in segment[number]]
+
+
+def _components(message: Any, segment: Any, repetition: Any) -> Repetition:
+    if isinstance(repetition, str):
+        return [[message.unescape(repetition)]]
+    return [[message.unescape(c)] if isinstance(c, str) else [message.unescape(s) for s in c] for c in repetition]
+
+
+def _select(repetitions: list[Repetition], select: str | None, path: str) -> Repetition | None:
+    if not repetitions:
+        return None
+    if select is None:
+        return repetitions[0]
+    if select.isdigit():
+        index = int(select) - 1
+        return repetitions[index] if 0 <= index < len(repetitions) else None
+    component, _, values = select.partition("=")
+    if not component.isdigit() or not values:
+        raise MessageError(f"invalid repetition selector [{select}] in {path!r}", path)
+    wanted = set(values.split("|"))
+    for repetition in repetitions:
+        if _leaf(repetition, f".{component}") in wanted:
+            return repetition
+    return None
+
+
+def _leaf(repetition: Repetition, rest: str) -> str | None:
+    numbers = [int(n) for n in rest.strip(".").split(".") if n] if rest else []
+    component, subcomponent = (numbers + [1, 1])[:2]
+    if not 1 <= component <= len(repetition):
+        return None
+    subcomponents = repetition[component - 1]
+    if not 1 <= subcomponent <= len(subcomponents):
+        return None
+    value = subcomponents[subcomponent - 1].strip()
+    return value if value and value != '""' else None

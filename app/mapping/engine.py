@@ -1,0 +1,212 @@
+"""The one mapping engine: a mapping file (mappings/<source kind>/<name>.yaml) turns a SourceRecord into FHIR resources.
+
+A mapping lists resources; each has a `type`, an `id` (the source values that identify it: the resource id is a
+uuid5 of the source, the type and those values, so a resend or replay updates the same resource), optionally
+`when` (a path that must have a value) and `each` (one resource per segment or repetition), and `content`: the
+resource as a template; `create_only: true` makes it only if it does not exist yet. In a template:
+
+    "PID-5.1"                      a path: the value in the source record (adapters define the path syntax)
+    {const: male}                  a constant
+    {configured: organization}     an attribute of the configured source (sources.yaml)
+    {code: sex, from: PID-8}       a code table lookup (mappings/codes/sex.yaml); an unknown code is an error,
+                                   unless `optional: true` (then absent); `default:` when the field is empty
+    {fn: hl7_date, args: [PID-7]}  a named function (app/mapping/functions.py)
+    {ref: patient}                 a Reference to another resource of this mapping (`refs`: to all of them)
+    {each: PID-13, as: {...}}      one list item per repetition, paths inside relative to it (".1")
+    merge: {fn: ...}               (a key) the function's object is merged into the enclosing object
+
+An object or list item that ends up with no value from the source (only constants and references) is dropped, so
+"identifier: [{system: {const: X}, value: PID-3.1}]" yields nothing when PID-3 is empty. Operator keys are not FHIR
+element names (`code` is an operator only with `from`), so a template object is never mistaken for one.
+"""
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adapters.base import MessageError, Scope, SourceRecord
+from app.config import get_settings
+from app.mapping import codes
+from app.mapping.functions import FUNCTIONS
+
+_OPERATORS = ("const", "configured", "code", "fn", "ref", "refs", "each")
+
+
+@dataclass(frozen=True)
+class Mapping:
+    name: str  # e.g. hl7v2/ADT_A01
+    version: str
+    kinds: tuple[str, ...]
+    resources: tuple[dict[str, Any], ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}|{self.version}"
+
+
+@dataclass
+class Produced:
+    key: str
+    resource_type: str
+    resource_id: str
+    content: dict[str, Any]
+    create_only: bool = False  # made only when it does not exist yet (a result message's Patient)
+
+
+@dataclass
+class _Run:
+    record: SourceRecord
+    source: dict[str, Any]
+    types: dict[str, str]
+    ids: dict[str, list[str]] = field(default_factory=dict)
+
+
+@cache
+def mappings(directory: Path | None = None) -> dict[tuple[str, str], Mapping]:
+    """Every mapping by (adapter folder, message kind)."""
+    folder = directory or get_settings().mappings_dir
+    found: dict[tuple[str, str], Mapping] = {}
+    for path in sorted(folder.glob("*/*.yaml")):
+        if path.parent.name == "codes":
+            continue
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        mapping = Mapping(f"{path.parent.name}/{path.stem}", str(data["version"]), tuple(data["kinds"]), tuple(data["resources"]))
+        for kind in mapping.kinds:
+            found[(path.parent.name, kind)] = mapping
+    return found
+
+
+def find(adapter: str, kind: str) -> Mapping:
+    mapping = mappings().get((adapter, kind))
+    if mapping is None:
+        supported = sorted(k for a, k in mappings() if a == adapter)
+        raise MessageError(f"no mapping for {kind} (supported: {', '.join(supported)})", "MSH-9", "not-supported")
+    return mapping
+
+
+def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> list[Produced]:
+    """The resources the mapping makes from the record, in the mapping's order."""
+    run = _Run(record, source, {spec["key"]: spec["type"] for spec in mapping.resources})
+    planned: list[tuple[dict[str, Any], Scope, str]] = []
+    for spec in mapping.resources:
+        if spec.get("when") and record.scope.get(spec["when"]) is None:
+            continue
+        scopes = record.scope.each(spec["each"]) if spec.get("each") else [record.scope]
+        for scope in scopes:
+            resource_id = _resource_id(spec, scope, source)
+            run.ids.setdefault(spec["key"], []).append(resource_id)
+            planned.append((spec, scope, resource_id))
+    produced = []
+    for spec, scope, resource_id in planned:
+        content, _ = _evaluate(spec["content"], scope, run, spec["type"])
+        resource = {"resourceType": spec["type"], "id": resource_id, **(content or {})}
+        produced.append(Produced(spec["key"], spec["type"], resource_id, resource, bool(spec.get("create_only"))))
+    return produced
+
+
+def _resource_id(spec: dict[str, Any], scope: Scope, source: dict[str, Any]) -> str:
+    values = []
+    for path in spec["id"]:
+        value = scope.get(path)
+        if value is None:
+            raise MessageError(f"{path} is empty, but it identifies the {spec['type']}", path, "required")
+        values.append(value)
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:qiao:{source['name']}:{spec['type']}:{'|'.join(values)}"))
+
+
+def _evaluate(template: Any, scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
+    """(value, whether it came from the source). None means absent."""
+    if isinstance(template, str):
+        value = scope.get(template)
+        return value, value is not None
+    if isinstance(template, list):
+        items = [_evaluate(item, scope, run, f"{where}[{i}]") for i, item in enumerate(template)]
+        kept = [value for value, sourced in items if value is not None and sourced]
+        return (kept or None), bool(kept)
+    if isinstance(template, dict):
+        operator = next((k for k in _OPERATORS if k in template), None)
+        if operator is not None and (operator != "code" or "from" in template):  # FHIR has `code` elements too
+            return _OPERATIONS[operator](template, scope, run, where)
+        return _object(template, scope, run, where)
+    return template, False  # a number or boolean written in the mapping
+
+
+def _object(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
+    result: dict[str, Any] = {}
+    sourced = False
+    for key, item in template.items():
+        value, from_source = _evaluate(item, scope, run, f"{where}.{key}")
+        if value is None:
+            continue
+        if key == "merge":
+            if not isinstance(value, dict):
+                raise MessageError(f"mapping error at {where}: merge needs an object")
+            result.update(value)
+        else:
+            result[key] = value
+        sourced = sourced or from_source
+    return (result, True) if sourced and result else (None, False)
+
+
+def _constant(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
+    return template["const"], False
+
+
+def _source_attribute(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
+    return run.source.get(template["configured"]), False
+
+
+def _code(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
+    table = codes.tables().get(template["code"])
+    if table is None:
+        raise MessageError(f"mapping error at {where}: no code table {template['code']!r}")
+    path = template["from"]
+    raw = scope.get(path)
+    if raw is None:
+        return template.get("default"), False
+    translated = table.translate(raw)
+    if translated is None and template.get("optional"):
+        return None, False
+    if translated is None:
+        raise MessageError(f"{path}: {raw!r} is not in code table {table.name} ({where})", path, "code-invalid")
+    return translated, True
+
+
+def _function(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
+    function = FUNCTIONS.get(template["fn"])
+    if function is None:
+        raise MessageError(f"mapping error at {where}: no function {template['fn']!r}")
+    arguments = [_evaluate(arg, scope, run, where) for arg in template.get("args", [])]
+    try:
+        value = function(*(a for a, _ in arguments))
+    except ValueError as error:
+        path = next((a for a in template.get("args", []) if isinstance(a, str)), None)
+        raise MessageError(f"{path or where}: {error}", path) from error
+    return value, value is not None and any(s for _, s in arguments)
+
+
+def _reference(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
+    key = template.get("ref") or template["refs"]
+    if key not in run.types:
+        raise MessageError(f"mapping error at {where}: no resource with key {key!r}")
+    references = [{"reference": f"{run.types[key]}/{i}"} for i in run.ids.get(key, [])]
+    if "refs" in template:
+        return (references or None), False
+    return (references[0] if references else None), False
+
+
+def _each(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
+    items = [_evaluate(template["as"], inner, run, where) for inner in scope.each(template["each"])]
+    kept = [value for value, sourced in items if value is not None and sourced]
+    return (kept or None), bool(kept)
+
+
+_OPERATIONS: dict[str, Callable[[dict[str, Any], Scope, _Run, str], tuple[Any, bool]]] = {
+    "const": _constant, "configured": _source_attribute, "code": _code, "fn": _function,
+    "ref": _reference, "refs": _reference, "each": _each,
+}
