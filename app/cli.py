@@ -48,6 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="seal pending events, then check the hash chain end to end")
 
+    ingest_parser = commands.add_parser("ingest", help="ingest files from a source (HL7 v2: .hl7, one or more messages each)")
+    ingest_parser.add_argument("files", nargs="+", type=Path)
+    ingest_parser.add_argument("--source", required=True, help="the source's name in the sources file")
+
+    messages_parser = commands.add_parser("messages", help="inbound messages (HL7 v2 …): list, replay")
+    messages_commands = messages_parser.add_subparsers(dest="messages_command", required=True)
+    list_parser = messages_commands.add_parser("list", help="list inbound messages, oldest first")
+    list_parser.add_argument("--failed", action="store_true", help="only those that failed")
+    list_parser.add_argument("--state", choices=["received", "processed", "failed", "duplicate"])
+    list_parser.add_argument("--source")
+    list_parser.add_argument("--limit", type=int, default=100)
+    replay_parser = messages_commands.add_parser("replay", help="process stored messages again (after a fix)")
+    replay_parser.add_argument("ids", nargs="+", type=int)
+
     args = parser.parse_args(argv)
     settings = get_settings()
     qiao_logging.configure(settings.log_level)
@@ -66,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         return token(args)
     if args.command == "audit":
         return verify_audit()
+    if args.command == "ingest":
+        return ingest(args.files, args.source)
+    if args.command == "messages":
+        return list_messages(args) if args.messages_command == "list" else replay_messages(args.ids)
     return 0
 
 
@@ -152,6 +170,57 @@ def verify_audit() -> int:
     for problem in result.breaks:
         print(f"BROKEN {problem}")
     return 0 if result.intact else 1
+
+
+def ingest(files: list[Path], source_name: str) -> int:
+    from adapters.hl7v2.parse import split_batch
+    from app.ingest import pipeline
+    from app.ingest.sources import sources
+
+    source = sources().get(source_name)
+    if source is None:
+        print(f"qiao ingest: unknown source {source_name!r} (configured: {', '.join(sorted(sources()))})", file=sys.stderr)
+        return 2
+    counts: dict[str, int] = {}
+    for path in files:
+        for raw in split_batch(path.read_bytes()):
+            outcome = pipeline.receive_hl7v2(raw, channel="file", source=source)
+            counts[outcome.state] = counts.get(outcome.state, 0) + 1
+            if outcome.state == "failed":
+                print(f"{outcome.message_id}\tfailed\t{outcome.location or ''}: {outcome.text}", file=sys.stderr)
+    print(" ".join(f"{state} {count}" for state, count in sorted(counts.items())))
+    return 1 if counts.get("failed") else 0
+
+
+def list_messages(args: argparse.Namespace) -> int:
+    from app import db
+    from app.ingest import inbox
+
+    with db.read_session() as session:
+        messages = inbox.listing(session, state="failed" if args.failed else args.state, source=args.source, limit=args.limit)
+    for message in messages:
+        problem = message["error"]["issue"][0] if message["error"] else None
+        where = ",".join(problem.get("expression", [])) if problem else ""
+        print(f"{message['id']}\t{message['receivedAt']}\t{message['source']}\t{message['kind'] or '-'}\t{message['controlId'] or '-'}"
+              f"\t{message['state']}" + (f"\t{where}: {problem['diagnostics']}" if problem else ""))
+    return 0
+
+
+def replay_messages(ids: list[int]) -> int:
+    from app.errors import QiaoError
+    from app.ingest import pipeline
+
+    failures = 0
+    for message_id in ids:
+        try:
+            outcome = pipeline.process(message_id)
+        except QiaoError as error:
+            print(f"{message_id}\t{error.message}", file=sys.stderr)
+            failures += 1
+            continue
+        print(f"{message_id}\t{outcome.state}" + (f"\t{outcome.location or ''}: {outcome.text}" if outcome.state == "failed" else ""))
+        failures += outcome.state == "failed"
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -58,3 +58,21 @@ def test_serve_without_auth_refuses_a_public_address(tmp_path: Path) -> None:
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "loopback" in result.stderr
+
+
+def test_ingest_list_the_failed_and_replay_them(tmp_path: Path) -> None:
+    from tests.ingest.messages import adt, oru
+
+    env = {**os.environ, "QIAO_DATA_DIR": str(tmp_path), "QIAO_LOG_LEVEL": "WARNING"}
+    feed = tmp_path / "feed.hl7"
+    feed.write_bytes("\n".join([adt(), adt(control_id="MSG0002", mrn="MZ1002", sex="7"), oru()]).encode("gb18030"))
+
+    def qiao(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+
+    ingested = qiao("ingest", str(feed), "--source", "dongcheng-hospital")
+    assert ingested.returncode == 1 and ingested.stdout.split() == ["failed", "1", "processed", "2"]
+    listed = qiao("messages", "list", "--failed").stdout.strip().splitlines()
+    assert len(listed) == 1 and "PID-8" in listed[0] and "sex" in listed[0]
+    replayed = qiao("messages", "replay", listed[0].split("\t")[0])
+    assert replayed.returncode == 1 and "PID-8" in replayed.stdout  # the code table is still unfixed: still failed

@@ -46,6 +46,14 @@ def parse(raw: bytes, *, default_charset: str | None = None) -> SourceRecord:
     return SourceRecord(kind=kind, control_id=scope.get("MSH-10"), scope=scope, charset=charset)
 
 
+def split_batch(data: bytes) -> list[bytes]:
+    """The messages of a file: each starts at an MSH segment (batch headers FHS/BHS and trailers are dropped)."""
+    body = data[len(BOM):] if data.startswith(BOM) else data
+    starts = [m.start() for m in re.finditer(rb"(?:^|(?<=[\r\n]))MSH", body)]
+    messages = [body[a:b] for a, b in zip(starts, [*starts[1:], len(body)], strict=True)]
+    return [re.split(rb"[\r\n](?:BTS|FTS)", m)[0] for m in messages if m.strip()]
+
+
 def decode(raw: bytes, *, default_charset: str | None = None) -> tuple[str, str]:
     """The message as text with CR segment ends, and the codec used: MSH-18 when it names a character set the bytes
     are valid in, else the source's default, else the first of UTF-8, GB18030 that decodes strictly."""
