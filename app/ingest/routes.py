@@ -3,10 +3,11 @@
 Sending is creating data for the source's Organization: it needs `system/MessageHeader.c` and a client of that
 Organization; listing needs `.r`, replaying `.u` (the operator's token has all three)."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import Row
 from starlette.concurrency import run_in_threadpool
 
 from app import db
@@ -49,23 +50,24 @@ def list_messages(principal: PrincipalDep, state: str | None = None, source: str
 
 @router.get("/messages/{message_id}")
 def get_message(message_id: int, principal: PrincipalDep) -> JSONResponse:
-    _require(principal, "r")
-    with db.read_session() as session:
-        row = inbox.load(session, message_id)
-    _require_own(principal, row.source)
-    return JSONResponse(inbox.summary(row))
+    return JSONResponse(inbox.summary(_own_message(principal, message_id, "r")))
 
 
 @router.post("/messages/{message_id}/$replay")
 def replay(message_id: int, principal: PrincipalDep) -> JSONResponse:
     """Process a stored message again (after its mapping, a code table or the source configuration was fixed)."""
-    _require(principal, "u")
-    with db.read_session() as session:
-        row = inbox.load(session, message_id)
-    _require_own(principal, row.source)
+    _own_message(principal, message_id, "u")
     outcome = pipeline.process(message_id)
     with db.read_session() as session:
         return JSONResponse(inbox.summary(inbox.load(session, outcome.message_id)))
+
+
+def _own_message(principal: Principal, message_id: int, interaction: str) -> Row[Any]:
+    _require(principal, interaction)
+    with db.read_session() as session:
+        row = inbox.load(session, message_id)
+    _require_own(principal, row.source)
+    return row
 
 
 def _require(principal: Principal, interaction: str) -> None:

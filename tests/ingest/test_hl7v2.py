@@ -133,7 +133,7 @@ def test_an_unknown_message_type_is_rejected_with_its_reason(client: TestClient)
     assert err[3].startswith("200^") and "no mapping for ADT\\S\\A99" in err[8]  # ^ escaped as \S\
 
 
-def test_sending_needs_the_scope_and_the_source_organization(client: TestClient, anonymous_client: TestClient) -> None:
+def test_sending_needs_a_token_and_a_known_source(client: TestClient, anonymous_client: TestClient) -> None:
     assert post(anonymous_client, gb18030(adt())).status_code == 401
     assert post(client, gb18030(adt()), source="nowhere").status_code == 400
 
