@@ -45,7 +45,12 @@ def make_engine(url: str, *, pool_size: int = 10, autocommit: bool = False) -> E
 
 
 def _configure_sqlite(engine: Engine) -> None:
-    """WAL, foreign keys, and real BEGIN statements (the pysqlite SAVEPOINT recipe from SQLAlchemy's docs)."""
+    """WAL, foreign keys, and real BEGIN statements (the pysqlite SAVEPOINT recipe from SQLAlchemy's docs).
+
+    Write transactions begin IMMEDIATE: they take SQLite's one write lock up front (waiting up to busy_timeout),
+    because a WAL transaction that read first and writes later fails at once with "database is locked" if another
+    connection committed in between. Reads use the autocommit engine and never wait.
+    """
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -58,7 +63,7 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-            connection.exec_driver_sql("BEGIN")
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 _engine: Engine | None = None
@@ -130,24 +135,14 @@ def read_session(info: dict[str, Any] | None = None) -> Iterator[Session]:
         session.close()
 
 
-
-
-def begin_write(session: Session) -> None:
-    """Take the database write lock now on SQLite, so a transaction never reads a snapshot it cannot write after.
-
-    PostgreSQL needs nothing here: row locks and advisory locks do the work.
-    """
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(text("UPDATE resource SET pk = pk WHERE 0"))
-
-
 def lock_key(session: Session, key: str) -> None:
-    """Serialise transactions that use the same key until they commit (conditional create/update)."""
+    """Serialise transactions that use the same key until they commit (conditional create/update).
+
+    SQLite needs nothing: a write transaction holds the database's one write lock from its BEGIN.
+    """
     if session.get_bind().dialect.name == "postgresql":
         digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": int.from_bytes(digest, "big", signed=True)})
-    else:
-        begin_write(session)
 
 
 def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:

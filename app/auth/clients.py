@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from app.auth import scopes as scope_syntax
 from app.auth.principal import ACCESS_LEVELS, ORGANIZATION
 from app.auth.tables import auth_client
-from app.db import begin_write
 from app.errors import InvalidRequest
 from app.store import dates
 
@@ -59,7 +58,6 @@ def add(
         check_jwks(jwks)
     if jwks_url is not None:
         check_endpoint_url(jwks_url)
-    begin_write(session)  # SQLite: lock before the read below, so the write after it cannot find the snapshot stale
     row = {"organization": organization, "scope": scope, "access": access, "break_glass": break_glass,
            "jwks": orjson.dumps(jwks).decode() if jwks else None, "jwks_url": jwks_url, "active": True}
     if get(session, client_id) is None:

@@ -22,7 +22,6 @@ from app.auth import scopes as scope_syntax
 from app.auth.principal import EMERGENCY, PURPOSES, TREATMENT, Principal
 from app.auth.tables import auth_jti, auth_key
 from app.config import get_settings
-from app.db import begin_write
 from app.errors import InvalidRequest, Unauthorized
 from app.store import dates
 
@@ -54,7 +53,6 @@ def issue(session: Session, form: dict[str, str], token_url: str) -> dict[str, A
         raise TokenError("invalid_request", f"client_assertion_type must be {ASSERTION_TYPE}")
     if not form.get("scope"):
         raise TokenError("invalid_request", "scope is required")
-    begin_write(session)  # SQLite: take the write lock before reading, or the jti insert may find the snapshot stale
     client = authenticate(session, form.get("client_assertion", ""), token_url)
     try:
         granted = scope_syntax.granted(scope_syntax.parse(form["scope"]), scope_syntax.parse(client.scope))
@@ -132,7 +130,6 @@ def mint(session: Session, client_id: str, organization: str | None, scope: str,
 
 
 def _signing_key(session: Session) -> tuple[str, str]:
-    begin_write(session)  # SQLite: lock before reading, so the first key's insert cannot meet a stale snapshot
     row = session.execute(select(auth_key.c.kid, auth_key.c.secret).order_by(auth_key.c.created_at.desc()).limit(1)).first()
     if row is not None:
         return row.kid, row.secret
