@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     #: HL7 v2 over MLLP, served by every `qiao serve` worker; port 0 turns the listener off.
     mllp_host: str = "127.0.0.1"
     mllp_port: int = 2575
+    #: Resident matching: the trained model (m/u per comparison level; `qiao mpi train` writes one).
+    mpi_model: Path = Path(__file__).resolve().parent / "mpi" / "model.yaml"
+    #: Match probability from which a new record joins a master without review (overrides the model's).
+    mpi_link_threshold: float | None = None
+    #: Match probability from which a pair goes to the review queue (overrides the model's).
+    mpi_review_threshold: float | None = None
+    #: The least number of residents term frequencies are counted against, so that a small or new index does not
+    #: take every name for a common one.
+    mpi_min_population: int = 10_000
 
     @property
     def effective_database_url(self) -> str:

@@ -25,6 +25,7 @@ from app.fhir.outcomes import from_error, operation_outcome
 from app.ingest import pipeline
 from app.ingest import routes as ingest_routes
 from app.logging import fields
+from app.mpi import routes as mpi_routes
 
 log = logging.getLogger("qiao")
 
@@ -60,6 +61,7 @@ def create_app() -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
                            expose_headers=["ETag", "Location", "Content-Location"])
     app.include_router(auth_routes.router)  # before the FHIR routes: /fhir/auth/token is no resource type
+    app.include_router(mpi_routes.router)  # before the FHIR routes: /fhir/Patient/$match is no resource id
     app.include_router(fhir_routes.router)
     app.include_router(ingest_routes.router)
     app.add_exception_handler(QiaoError, _qiao_error)

@@ -8,11 +8,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from app.config import get_settings
+from app.mpi.id_number import check_character
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {}
 _F = TypeVar("_F", bound=Callable[..., Any])
 UCUM = "http://unitsofmeasure.org"
-_WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
 _HL7_TIME = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
 
 
@@ -65,11 +65,6 @@ def id_card(value: str | None) -> str | None:
         body = text[:6] + "19" + text[6:]
         return body + check_character(body)
     return text
-
-
-def check_character(body: str) -> str:
-    """GB 11643 MOD 11-2 check character of the first 17 digits."""
-    return "10X98765432"[sum(int(d) * w for d, w in zip(body, _WEIGHTS, strict=True)) % 11]
 
 
 @mapping_function

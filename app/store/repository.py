@@ -26,7 +26,7 @@ from app.auth import audit_trail, policy, relations
 from app.auth.principal import SYSTEM, Principal
 from app.auth.tables import audit_pending, care_relation, consent_denial
 from app.config import get_settings
-from app.db import begin_write, bulk_insert, lock_key
+from app.db import bulk_insert, lock_key
 from app.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PreconditionFailed
 from app.fhir import resources
 from app.fhir import search as fhir_search
@@ -230,9 +230,7 @@ def _audit_access(principal: Principal, interaction: str, touched: Sequence[Stor
 
 
 def current(session: Session, resource_type: str, resource_id: str, *, lock: bool = False) -> Current | None:
-    """The resource's current version; with `lock`, held until commit (row lock; SQLite's write lock)."""
-    if lock:
-        begin_write(session)
+    """The resource's current version; with `lock`, held until commit (a row lock; SQLite holds its write lock)."""
     statement = _CURRENT_FOR_UPDATE if lock else _CURRENT
     row = session.connection().execute(statement, {"rtype": resource_type, "rid": resource_id}).first()
     return Current(row.pk, row.version_id, row.deleted, row.res_type, row.org, row.patient) if row else None
@@ -292,7 +290,11 @@ def apply(session: Session, writes: Sequence[Write], *, authorized: bool = False
     if not authorized:
         for write in writes:
             authorize(session, write, principal)
-    stored = _write(session, writes)
+    stored = write_versions(session, writes)
+    if any(s.resource_type == "Patient" for s in stored):
+        from app.mpi import linker  # the index writes its masters through this module
+
+        linker.place_written(session, stored, actor=principal.client_id)
     if principal is not SYSTEM:
         append_audit(session, _write_audits(principal, stored))
     return stored
@@ -305,6 +307,10 @@ def authorize(session: Session, write: Write, principal: Principal | None = None
     existing = write.current if write.current is not None and not write.current.deleted else None
     interaction = "d" if write.content is None else ("u" if existing else "c")
     policy.require(principal, write.resource_type, interaction)
+    if write.resource_type == "Patient":
+        from app.mpi import linker
+
+        linker.guard(session, write.resource_type, write.resource_id, write.content)
     if existing is not None:
         policy.require_writable(session, principal, existing, f"{write.resource_type}/{write.resource_id}")
     if write.current is None and principal is not SYSTEM:
@@ -328,16 +334,16 @@ def append_audit(session: Session, events: Sequence[dict[str, Any]]) -> None:
     if not events:
         return
     writes = [Write("AuditEvent", new_id(), "POST", event, None, org=_agent_org(event)) for event in events]
-    bulk_insert(session, audit_pending, [{"resource_pk": s.pk} for s in _write(session, writes)])
+    bulk_insert(session, audit_pending, [{"resource_pk": s.pk} for s in write_versions(session, writes)])
 
 
 def _agent_org(event: dict[str, Any]) -> str | None:
     return relations.reference_id(event["agent"][0]["who"], "Organization")
 
 
-def _write(session: Session, writes: Sequence[Write]) -> list[Stored]:
-    """Store new versions and their derived rows: a few batched statements whatever the number of writes."""
-    begin_write(session)
+def write_versions(session: Session, writes: Sequence[Write]) -> list[Stored]:
+    """Store new versions and their derived rows: a few batched statements whatever the number of writes. No checks,
+    audit or matching: `apply` adds those; the server's own derived resources (audit events, masters) come here."""
     settings = get_settings()
     moment = dates.now()
     last_updated = dates.instant(moment)
@@ -521,8 +527,16 @@ def _where(sql: query.Sql, principal: Principal, resource_type: str, request: Se
     base_url = request.base_url or settings.base_url
     clauses = [f"r.res_type = {sql.name(resource_type)}", "r.deleted = FALSE"]
     clauses += [query.condition(sql, "r", resource_type, c, zone=settings.zone, base_url=base_url) for c in request.criteria]
+    if resource_type == "Patient" and not any(c.name == "_tag" for c in request.criteria):
+        clauses.append(_NOT_MASTER)  # the index's masters are found by _tag=urn:qiao:mpi|master (README)
     visible = policy.visible_sql(sql, principal, "r", [resource_type])
     return clauses + [visible] if visible else clauses
+
+
+_NOT_MASTER = (
+    "NOT EXISTS (SELECT 1 FROM search_token mt WHERE mt.resource_pk = r.pk AND mt.param = '_tag'"
+    " AND mt.code = 'master' AND mt.system = 'urn:qiao:mpi')"
+)
 
 
 def match(session: Session, resource_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[str]:

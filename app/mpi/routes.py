@@ -1,0 +1,39 @@
+"""HTTP for resident matching: IHE PIXm and FHIR $match under /fhir, and the review queue a data steward works
+through (/mpi/reviews). Registered before the FHIR routes, whose /fhir/{type}/{id} would take these paths."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from app.auth.access import ReadSessionDep, SessionDep
+from app.fhir import formats
+from app.fhir.formats import FhirResponse
+from app.fhir.routes import JsonBody
+from app.mpi import service
+
+router = APIRouter(default_response_class=FhirResponse)
+
+
+@router.get("/fhir/Patient/$ihe-pix")
+def ihe_pix(session: ReadSessionDep, sourceIdentifier: Annotated[str, Query()],  # noqa: N803 (the IHE parameter name)
+            targetSystem: Annotated[list[str] | None, Query()] = None) -> Response:  # noqa: N803
+    return FhirResponse(service.cross_references(session, sourceIdentifier, targetSystem or []))
+
+
+@router.post("/fhir/Patient/$match")
+def match(request: Request, session: ReadSessionDep, body: JsonBody) -> Response:
+    return FhirResponse(service.match(session, body, formats.base_url(request)))
+
+
+@router.get("/mpi/reviews")
+def reviews(session: ReadSessionDep, status: str = "open") -> Response:
+    return FhirResponse({"reviews": service.reviews(session, status)})
+
+
+@router.post("/mpi/reviews/{review_id}")
+def decide(review_id: int, session: SessionDep, body: JsonBody) -> Response:
+    """Body: {"decision": "same" | "different", "note": "…"}."""
+    decision: Any = body.get("decision") if isinstance(body, dict) else None
+    note = body.get("note") if isinstance(body, dict) else None
+    return FhirResponse(service.decide(session, review_id, str(decision), note))

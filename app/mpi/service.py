@@ -1,0 +1,147 @@
+"""What the index answers and what a data steward decides: cross-references (IHE PIXm), scored candidates for a
+Patient (FHIR $match), and the review queue."""
+
+from typing import Any
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.auth import audit_trail, policy
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.mpi import features, golden, linker
+from app.mpi.golden import MPI_SYSTEM
+from app.mpi.tables import mpi_distinct, mpi_record, mpi_review
+from app.store import dates
+from app.store import repository as store
+
+MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
+
+
+def cross_references(session: Session, source_identifier: str, target_systems: list[str]) -> dict[str, Any]:
+    """PIXm: every identifier of every source record linked to the same master as the one identified, and each of
+    those Patients (`targetId`), the master included."""
+    principal = policy.principal_of(session)
+    policy.require(principal, "Patient", "r")
+    system, _, value = source_identifier.partition("|")
+    if not system or not value:
+        raise InvalidRequest("sourceIdentifier must be system|value", expression=["sourceIdentifier"])
+    connection = session.connection()
+    if system == MPI_SYSTEM:
+        masters = {value} if linker.is_master(connection, value) else set()
+    else:
+        sources = store.match(session, "Patient", [("identifier", f"{system}|{value}")], limit=50)
+        masters = set(connection.scalars(select(mpi_record.c.master_id).where(mpi_record.c.patient_id.in_(sources))))
+    if not masters:
+        raise NotFound(f"no resident is known by {system}|{value}", expression=["sourceIdentifier"])
+    members = connection.execute(
+        select(mpi_record.c.patient_id, mpi_record.c.master_id).where(mpi_record.c.master_id.in_(masters))
+    ).all()
+    parameters: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for master_id in sorted(masters):
+        stored = store.read(session, "Patient", master_id, audit=False)
+        for identifier in orjson.loads(stored.content or "{}").get("identifier") or []:
+            key = (identifier.get("system"), identifier.get("value"))
+            if key == (system, value) or key in seen or (target_systems and key[0] not in target_systems):
+                continue
+            seen.add(key)
+            parameters.append({"name": "targetIdentifier", "valueIdentifier": {"system": key[0], "value": key[1]}})
+        parameters.append({"name": "targetId", "valueReference": {"reference": f"Patient/{master_id}"}})
+    parameters += [{"name": "targetId", "valueReference": {"reference": f"Patient/{p}"}} for p, _ in sorted(members)]
+    audit_trail.record(principal, "read", patients=sorted(masters), query=f"Patient/$ihe-pix?sourceIdentifier={system}|…",
+                       description="cross-reference")
+    return {"resourceType": "Parameters", "parameter": parameters}
+
+
+def match(session: Session, parameters: Any, base: str) -> dict[str, Any]:
+    """$match: master residents that may be the Patient given, best first, scored and graded."""
+    principal = policy.principal_of(session)
+    policy.require(principal, "Patient", "s")
+    patient, count, only_certain = _match_input(parameters)
+    store.prepare("Patient", patient)
+    candidates = linker.score(session.connection(), features.of_patient(patient))
+    best: dict[str, linker.Candidate] = {}
+    for candidate in candidates:  # best first: a master's best record speaks for it, unless one rules it out
+        held = best.get(candidate.master_id)
+        if held is None or (candidate.ruled_out and not held.ruled_out):
+            best[candidate.master_id] = candidate
+    ranked = sorted(best.values(), key=lambda c: (c.ruled_out, -c.probability))
+    if only_certain:
+        ranked = [c for c in ranked if c.grade == "certain"]
+    entries = []
+    for candidate in ranked[:count]:
+        stored = store.read(session, "Patient", candidate.master_id, audit=False)
+        entries.append({
+            "fullUrl": f"{base}/Patient/{candidate.master_id}",
+            "resource": orjson.loads(stored.content or "{}"),
+            "search": {"mode": "match", "score": 0.0 if candidate.ruled_out else round(candidate.probability, 4),
+                       "extension": [{"url": MATCH_GRADE, "valueCode": candidate.grade}]},
+        })
+    audit_trail.record(principal, "search", patients=[c.master_id for c in ranked[:count]], query="Patient/$match")
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+
+
+def _match_input(parameters: Any) -> tuple[dict[str, Any], int, bool]:
+    if not isinstance(parameters, dict) or parameters.get("resourceType") != "Parameters":
+        raise InvalidRequest("$match takes a Parameters resource with a 'resource' parameter", expression=["Parameters"])
+    values = {p.get("name"): p for p in parameters.get("parameter") or []}
+    patient = (values.get("resource") or {}).get("resource")
+    if not isinstance(patient, dict) or patient.get("resourceType") != "Patient":
+        raise InvalidRequest("the 'resource' parameter must hold a Patient", expression=["Parameters.parameter[resource]"])
+    count = int((values.get("count") or {}).get("valueInteger") or 10)
+    return patient, max(1, min(count, 100)), bool((values.get("onlyCertainMatches") or {}).get("valueBoolean"))
+
+
+# --- review queue ----------------------------------------------------------------------------------------------
+
+
+def reviews(session: Session, status: str = "open", limit: int = 100) -> list[dict[str, Any]]:
+    policy.require(policy.principal_of(session), "Patient", "r")
+    rows = session.connection().execute(
+        select(mpi_review).where(mpi_review.c.status == status).order_by(mpi_review.c.id).limit(limit)
+    ).all()
+    return [_review(row) for row in rows]
+
+
+def _review(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "patient": f"Patient/{row.patient_id}", "master": f"Patient/{row.master_id}",
+            "probability": round(row.probability, 4), "comparisons": orjson.loads(row.levels), "status": row.status,
+            "decidedBy": row.decided_by, "note": row.note}
+
+
+def decide(session: Session, review_id: int, decision: str, note: str | None = None) -> dict[str, Any]:
+    """A steward's decision: "same" moves the record (with its master's other records) into the candidate master;
+    "different" records that the two never match again. Audited."""
+    principal = policy.principal_of(session)
+    policy.require(principal, "Patient", "u")
+    if decision not in ("same", "different"):
+        raise InvalidRequest("decision must be 'same' or 'different'", expression=["decision"])
+    connection = session.connection()
+    row = connection.execute(select(mpi_review).where(mpi_review.c.id == review_id).with_for_update()).first()
+    if row is None:
+        raise NotFound(f"review {review_id} is not known", expression=["review"])
+    if row.status != "open":
+        raise Conflict(f"review {review_id} was already decided ({row.status})", expression=["review"])
+    now = dates.now()
+    current = connection.scalar(select(mpi_record.c.master_id).where(mpi_record.c.patient_id == row.patient_id))
+    if current is None:
+        raise Conflict(f"Patient/{row.patient_id} has left the index", expression=["review"])
+    replaced_by: dict[str, str] = {}
+    if decision == "same" and current != row.master_id:
+        linker.merge_masters(session, current, row.master_id, actor=principal.client_id, note=note)
+        replaced_by = {current: row.master_id}
+    if decision == "different":
+        others = connection.scalars(select(mpi_record.c.patient_id).where(mpi_record.c.master_id == row.master_id)).all()
+        for other in others:
+            a, b = sorted((row.patient_id, other))
+            if connection.execute(select(mpi_distinct).where(mpi_distinct.c.patient_a == a, mpi_distinct.c.patient_b == b)).first() is None:
+                connection.execute(mpi_distinct.insert().values(patient_a=a, patient_b=b, decided_by=principal.client_id, decided_at=now))
+    connection.execute(update(mpi_review).where(mpi_review.c.id == review_id).values(
+        status=decision, decided_at=now, decided_by=principal.client_id, note=note))
+    golden.refresh(session, {current, row.master_id}, replaced_by=replaced_by)
+    store.append_audit(session, [audit_trail.event(
+        principal, "update", resources=[f"Patient/{row.patient_id}", f"Patient/{row.master_id}"],
+        patients=[row.patient_id, row.master_id], description=f"resident match review: {decision}")])
+    decided = connection.execute(select(mpi_review).where(mpi_review.c.id == review_id)).one()
+    return _review(decided)

@@ -1,0 +1,122 @@
+"""Resident matching end to end over HTTP: records placed under masters on every write, hard negatives kept
+apart, doubtful pairs reviewed by a steward, PIXm and $match answering from the index."""
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from app.mpi.id_number import check_character
+from tests.builders import FHIR_JSON, ID_CARD, patient
+
+MPI = "urn:qiao:mpi"
+HOSPITAL_MRN = "urn:oid:2.16.156.10011.0.1.1"
+CHC_MRN = "urn:oid:2.16.156.10011.0.2.1"
+
+
+def id_number(born: str, sequence: int, region: str = "110105") -> str:
+    body = f"{region}{born.replace('-', '')}{sequence:03d}"
+    return body + check_character(body)
+
+
+def resident(family: str, given: str, born: str, *, number: str | None, mrn: tuple[str, str], phone: str = "13911112222",
+             gender: str = "male", address: str = "北京市朝阳区劲松路3号楼2单元502室") -> dict[str, Any]:
+    body = patient(family, given, birth_date=born, gender=gender, telecom=[{"system": "phone", "value": phone}],
+                   address=[{"use": "home", "district": "朝阳区", "text": address}])
+    body["identifier"] = [{"system": mrn[0], "value": mrn[1]}] + ([{"system": ID_CARD, "value": number}] if number else [])
+    return body
+
+
+def post(client: TestClient, body: dict[str, Any]) -> str:
+    response = client.post("/fhir/Patient", json=body, headers=FHIR_JSON)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def pix(client: TestClient, identifier: str) -> dict[str, Any]:
+    response = client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": identifier})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def target_ids(parameters: dict[str, Any]) -> set[str]:
+    return {p["valueReference"]["reference"] for p in parameters["parameter"] if p["name"] == "targetId"}
+
+
+def master_of(client: TestClient, identifier: str) -> str:
+    values = [p["valueIdentifier"]["value"] for p in pix(client, identifier)["parameter"]
+              if p["name"] == "targetIdentifier" and p["valueIdentifier"]["system"] == MPI]
+    assert len(values) == 1, values
+    return str(values[0])
+
+
+def test_one_person_in_two_institutions_gets_one_master(client: TestClient) -> None:
+    number = id_number("1956-03-08", 31)
+    hospital = post(client, resident("张", "伟", "1956-03-08", number=number, mrn=(HOSPITAL_MRN, "H001")))
+    # the community centre typed a homophone, a lower-case-x-free legacy 15-digit number and a formatted phone
+    legacy = number[:6] + number[8:17]
+    community = post(client, resident("章", "玮", "1956-03-08", number=legacy, mrn=(CHC_MRN, "C9"), phone="+86 139 1111 2222",
+                                      address="劲松路3-2-502"))
+    master = master_of(client, f"{HOSPITAL_MRN}|H001")
+    assert master_of(client, f"{CHC_MRN}|C9") == master
+    assert target_ids(pix(client, f"{HOSPITAL_MRN}|H001")) == {f"Patient/{master}", f"Patient/{hospital}", f"Patient/{community}"}
+    golden = client.get(f"/fhir/Patient/{master}").json()
+    assert {link["other"]["reference"] for link in golden["link"]} == {f"Patient/{hospital}", f"Patient/{community}"}
+    assert {"system": MPI, "value": master, "use": "official"} in golden["identifier"]
+    assert golden["birthDate"] == "1956-03-08" and golden["gender"] == "male"
+    # the sources stay as sent; searches return them, and the master only when asked for by tag
+    assert client.get(f"/fhir/Patient/{community}").json()["identifier"][1]["value"] == legacy
+    assert client.get("/fhir/Patient", params={"birthdate": "1956-03-08"}).json()["total"] == 2
+    assert client.get("/fhir/Patient", params={"_tag": f"{MPI}|master"}).json()["total"] == 1
+
+
+def test_twins_and_a_namesake_stay_apart(client: TestClient) -> None:
+    born = "1990-07-01"
+    post(client, resident("王", "建国", born, number=id_number(born, 11), mrn=(HOSPITAL_MRN, "T1")))
+    post(client, resident("王", "建华", born, number=id_number(born, 13), mrn=(HOSPITAL_MRN, "T2")))
+    # the same name, birth date, address and phone, but two valid ID numbers: two people, whatever else agrees
+    post(client, resident("王", "建国", born, number=id_number(born, 15), mrn=(CHC_MRN, "N1")))
+    masters = {master_of(client, f"{HOSPITAL_MRN}|T1"), master_of(client, f"{HOSPITAL_MRN}|T2"), master_of(client, f"{CHC_MRN}|N1")}
+    assert len(masters) == 3
+    assert client.get("/mpi/reviews").json()["reviews"] == []
+
+
+def test_a_doubtful_pair_goes_to_review_and_a_steward_decides(client: TestClient) -> None:
+    born = "1948-11-20"
+    first = post(client, resident("李", "秀英", born, number=id_number(born, 24), mrn=(HOSPITAL_MRN, "L1"), gender="female"))
+    # no ID number, another phone and address: the name and birth date alone are not enough to link
+    second = post(client, resident("李", "秀英", born, number=None, mrn=(CHC_MRN, "L2"), gender="female", phone="13800001111",
+                                   address="北京市朝阳区学院路9号楼1单元101室"))
+    assert master_of(client, f"{HOSPITAL_MRN}|L1") != master_of(client, f"{CHC_MRN}|L2")
+    queue = client.get("/mpi/reviews").json()["reviews"]
+    assert [(r["patient"], r["master"]) for r in queue] == [(f"Patient/{second}", f"Patient/{master_of(client, f'{HOSPITAL_MRN}|L1')}")]
+    assert queue[0]["comparisons"]["name"] == "same characters"
+    decided = client.post(f"/mpi/reviews/{queue[0]['id']}", json={"decision": "same", "note": "confirmed by phone"})
+    assert decided.status_code == 200, decided.text
+    assert master_of(client, f"{CHC_MRN}|L2") == master_of(client, f"{HOSPITAL_MRN}|L1")
+    assert target_ids(pix(client, f"{CHC_MRN}|L2")) >= {f"Patient/{first}", f"Patient/{second}"}
+    again = client.post(f"/mpi/reviews/{queue[0]['id']}", json={"decision": "different"})
+    assert again.status_code == 409 and again.json()["resourceType"] == "OperationOutcome"
+
+
+def test_match_scores_and_grades_candidates(client: TestClient) -> None:
+    born = "1972-02-14"
+    number = id_number(born, 57)
+    post(client, resident("欧阳", "翠花", born, number=number, mrn=(HOSPITAL_MRN, "O1"), gender="female"))
+    query = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": resident(
+        "欧阳", "翠花", born, number=number[:10] + number[11] + number[10] + number[12:], mrn=(CHC_MRN, "x"), gender="female")}]}
+    bundle = client.post("/fhir/Patient/$match", json=query, headers=FHIR_JSON).json()
+    assert bundle["total"] == 1
+    entry = bundle["entry"][0]
+    assert entry["search"]["score"] > 0.99
+    assert entry["search"]["extension"][0]["valueCode"] == "probable"  # a transposed ID number: no "certain"
+    bad = client.post("/fhir/Patient/$match", json={"resourceType": "Parameters"}, headers=FHIR_JSON)
+    assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+
+
+def test_masters_are_the_index_own(client: TestClient) -> None:
+    post(client, resident("赵", "敏", "1985-01-01", number=id_number("1985-01-01", 42), mrn=(HOSPITAL_MRN, "Z1"), gender="female"))
+    master = master_of(client, f"{HOSPITAL_MRN}|Z1")
+    forged = patient("赵", "敏", meta={"tag": [{"system": MPI, "code": "master"}]})
+    assert client.post("/fhir/Patient", json=forged, headers=FHIR_JSON).status_code == 403
+    assert client.delete(f"/fhir/Patient/{master}").status_code == 403
+    assert client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{HOSPITAL_MRN}|nobody"}).status_code == 404
