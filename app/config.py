@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     #: The least number of residents term frequencies are counted against, so that a small or new index does not
     #: take every name for a common one.
     mpi_min_population: int = 10_000
+    #: Days the community has to follow up an upward referral (基本公卫: 2周内主动随访转诊情况).
+    referral_followup_days: int = 14
+    #: Days the family doctor has to follow up a resident referred back down by the hospital.
+    referral_downward_followup_days: int = 14
+    #: How often each server process looks for notifications to deliver (seconds); its own writes wake it at once.
+    subscription_poll_seconds: float = 0.2
+    #: Deliveries each server process makes at the same time (to different subscriptions).
+    subscription_delivery_threads: int = 4
+    #: Failed deliveries in a row after which a Subscription shows status `error` (retries go on).
+    subscription_error_after: int = 3
+    #: The longest wait between retries of a failing delivery (seconds).
+    subscription_max_backoff: int = 300
 
     @property
     def effective_database_url(self) -> str:

@@ -9,6 +9,7 @@ QiaoError
 ├── Conflict (409)                id mismatch, concurrent change
 ├── Gone (410)                    deleted
 ├── PreconditionFailed (412)      stale If-Match, several conditional matches
+├── Unprocessable (422)           valid FHIR that breaks a business rule (a referral without a reason)
 ├── PayloadTooLarge (413)
 └── UnsupportedMediaType (415)
 """
@@ -73,6 +74,10 @@ class Gone(QiaoError):
 
 class PreconditionFailed(QiaoError):
     status, code = 412, "conflict"
+
+
+class Unprocessable(QiaoError):
+    status, code = 422, "business-rule"
 
 
 class PayloadTooLarge(QiaoError):

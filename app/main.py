@@ -26,6 +26,8 @@ from app.ingest import pipeline
 from app.ingest import routes as ingest_routes
 from app.logging import fields
 from app.mpi import routes as mpi_routes
+from app.subscriptions import delivery, outbox
+from app.subscriptions import routes as subscription_routes
 
 log = logging.getLogger("qiao")
 
@@ -39,12 +41,17 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.handler_threads
     writer = audit_store.Writer(settings.audit_flush_seconds)
     writer.start()
+    deliverer = delivery.Worker()
+    outbox.on_commit(deliverer.wake)
+    deliverer.start()
     listener = await mllp.serve(settings.mllp_host, settings.mllp_port, _mllp_message) if settings.mllp_port else None
     try:
         yield
     finally:
         if listener is not None:
             listener.close()
+        outbox.forget(deliverer.wake)
+        await anyio.to_thread.run_sync(deliverer.stop)
         await anyio.to_thread.run_sync(writer.stop)
 
 
@@ -62,6 +69,7 @@ def create_app() -> FastAPI:
                            expose_headers=["ETag", "Location", "Content-Location"])
     app.include_router(auth_routes.router)  # before the FHIR routes: /fhir/auth/token is no resource type
     app.include_router(mpi_routes.router)  # before the FHIR routes: /fhir/Patient/$match is no resource id
+    app.include_router(subscription_routes.router)  # likewise /fhir/Subscription/{id}/$status
     app.include_router(fhir_routes.router)
     app.include_router(ingest_routes.router)
     app.add_exception_handler(QiaoError, _qiao_error)

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.auth.principal import Principal
 from app.config import get_settings
 from app.db import lock_key
 from app.errors import Forbidden
@@ -25,6 +26,7 @@ from app.mpi.features import Features
 from app.mpi.model import CERTAIN, CERTAINLY_NOT, ID_DIFFERENT, PROBABLE, Levels, Model, compare, grade
 from app.mpi.tables import mpi_block, mpi_distinct, mpi_link_event, mpi_record, mpi_review
 from app.store import dates
+from app.store.rules import WriteRule
 
 MAX_CANDIDATES = 1000
 MAX_REVIEWS_PER_RECORD = 5
@@ -194,10 +196,9 @@ def decide(candidates: Sequence[Candidate]) -> Decision:
 # --- placing records -------------------------------------------------------------------------------------------
 
 
-def guard(session: Session, resource_type: str, resource_id: str, content: dict[str, Any] | None) -> None:
+def guard(session: Session, write: Any, _principal: Principal) -> None:
     """Masters are the index's own: no client writes one, or changes or deletes an existing one."""
-    if resource_type != "Patient":
-        return
+    content, resource_id = write.content, write.resource_id
     if content is not None and golden.is_master(content):
         raise Forbidden("master residents (tag urn:qiao:mpi|master) are kept by the master patient index", expression=["Patient.meta.tag"])
     if is_master(session.connection(), resource_id):
@@ -209,12 +210,11 @@ def is_master(connection: Connection, patient_id: str) -> bool:
     return connection.scalar(select(mpi_record.c.pk).where(mpi_record.c.master_id == patient_id).limit(1)) is not None
 
 
-def place_written(session: Session, written: Sequence[Any], actor: str) -> None:
+def place_written(session: Session, written: Sequence[Any], principal: Principal) -> None:
     """Place every source Patient among `written` (repository.Stored), and refresh the masters that changed."""
+    actor = principal.client_id
     touched: set[str] = set()
     for stored in written:
-        if stored.resource_type != "Patient":
-            continue
         content = orjson.loads(stored.content) if stored.content else None
         if content is not None and golden.is_master(content):
             continue
@@ -328,3 +328,6 @@ def _event(connection: Connection, now: datetime, patient_id: str, master_id: st
 
 def _json(f: Features) -> str:
     return orjson.dumps(f.to_json()).decode()
+
+
+RULE = WriteRule(frozenset({"Patient"}), check=guard, after=place_written)

@@ -31,7 +31,7 @@ from app.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, Prec
 from app.fhir import resources
 from app.fhir import search as fhir_search
 from app.fhir.search import SearchRequest
-from app.store import dates, query
+from app.store import dates, query, rules
 from app.store.indexing import index_rows
 from app.store.search_parameters import parameter_type
 from app.store.tables import INDEX_TABLES, resource, resource_version, search_reference
@@ -239,6 +239,15 @@ def current(session: Session, resource_type: str, resource_id: str, *, lock: boo
 # --- writes ----------------------------------------------------------------------------------------------------
 
 
+def content(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+    """The current version's JSON, unchecked and unaudited: for the server's own rules, never for a client."""
+    text = session.connection().scalar(
+        select(resource_version.c.content).join(resource, _CURRENT_VERSION)
+        .where(resource.c.res_type == resource_type, resource.c.res_id == resource_id)
+    )
+    return orjson.loads(text) if text else None
+
+
 def prepare(resource_type: str, body: Any, *, expected_id: str | None = None) -> dict[str, Any]:
     """Check a request body is a valid resource of the expected type (and id, for updates)."""
     if not isinstance(body, dict):
@@ -291,10 +300,7 @@ def apply(session: Session, writes: Sequence[Write], *, authorized: bool = False
         for write in writes:
             authorize(session, write, principal)
     stored = write_versions(session, writes)
-    if any(s.resource_type == "Patient" for s in stored):
-        from app.mpi import linker  # the index writes its masters through this module
-
-        linker.place_written(session, stored, actor=principal.client_id)
+    rules.after(session, stored, principal)
     if principal is not SYSTEM:
         append_audit(session, _write_audits(principal, stored))
     return stored
@@ -307,14 +313,11 @@ def authorize(session: Session, write: Write, principal: Principal | None = None
     existing = write.current if write.current is not None and not write.current.deleted else None
     interaction = "d" if write.content is None else ("u" if existing else "c")
     policy.require(principal, write.resource_type, interaction)
-    if write.resource_type == "Patient":
-        from app.mpi import linker
-
-        linker.guard(session, write.resource_type, write.resource_id, write.content)
     if existing is not None:
         policy.require_writable(session, principal, existing, f"{write.resource_type}/{write.resource_id}")
     if write.current is None and principal is not SYSTEM:
         write.org = principal.organization  # the server's own writes (adapters, loaders) name their source's
+    rules.check(session, write, principal)
 
 
 def _write_audits(principal: Principal, stored: Sequence[Stored]) -> list[dict[str, Any]]:

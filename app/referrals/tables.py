@@ -1,0 +1,21 @@
+"""Every move of a referral Task (who, when, why): the trail behind loop metrics such as time to accept."""
+
+from sqlalchemy import Column, DateTime, Integer, String, Table
+
+from app.db import metadata
+from app.store.tables import PrimaryKey
+
+referral_transition = Table(
+    "referral_transition",
+    metadata,
+    Column("pk", PrimaryKey, primary_key=True, autoincrement=True),
+    Column("task_id", String(64), nullable=False, index=True),
+    Column("version_id", Integer, nullable=False),
+    Column("from_stage", String(32), nullable=True),  # None: the Task was created
+    Column("to_stage", String(32), nullable=False),
+    Column("actor_role", String(16), nullable=False),  # requester, owner, server
+    Column("actor_org", String(64), nullable=True),
+    Column("actor_client", String(255), nullable=False),
+    Column("reason", String(500), nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,177 @@
+"""Rest-hook delivery from the outbox, by every server process, safe with several against one database.
+
+A process claims a subscription by a lease (a conditional UPDATE, committed before any HTTP call), sends its pending
+events in number order in one notification, and records how far the subscriber acknowledged. A process that dies
+mid-delivery leaves a lease that runs out; another process then sends the same events again (at least once; the
+receiver deduplicates by event number). A failure is retried with exponential backoff, without end; after
+`subscription_error_after` failures in a row the Subscription goes to `error` (and back to `active` once a delivery
+succeeds). Every body is signed: header X-Qiao-Signature = "sha256=" + hex HMAC-SHA256(secret, body).
+"""
+
+import hashlib
+import hmac
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import Row, or_, select, update
+from sqlalchemy.orm import Session
+
+from app import db
+from app.config import get_settings
+from app.logging import fields
+from app.store import dates
+from app.store import repository as store
+from app.subscriptions import notifications
+from app.subscriptions.tables import subscription_state
+
+log = logging.getLogger("qiao.subscriptions")
+SIGNATURE_HEADER = "X-Qiao-Signature"
+LEASE_SECONDS = 90  # longer than any delivery can take (the longest timeout a Subscription may ask is 60 s)
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def backoff(failures: int) -> float:
+    """1 s, 2 s, 4 s, … up to `subscription_max_backoff` seconds."""
+    return float(min(2 ** max(failures - 1, 0), get_settings().subscription_max_backoff))
+
+
+def claim(limit: int) -> list[str]:
+    """Lease up to `limit` subscriptions that have something to send now."""
+    now = dates.now()
+    state = subscription_state.c
+    with db.read_session() as session:
+        due = session.execute(
+            select(state.subscription_id).where(
+                state.status != "off", state.next_attempt_at <= now,
+                or_(state.lease_until.is_(None), state.lease_until < now),
+                or_(state.events_count > state.delivered_through, state.status == "requested", state.heartbeat_at <= now),
+            ).order_by(state.next_attempt_at).limit(limit)
+        ).scalars().all()
+    claimed = []
+    for subscription_id in due:
+        with db.transaction() as session:
+            taken = session.connection().execute(
+                update(subscription_state)
+                .where(state.subscription_id == subscription_id, or_(state.lease_until.is_(None), state.lease_until < now))
+                .values(lease_until=now + timedelta(seconds=LEASE_SECONDS))
+            ).rowcount
+        if taken:
+            claimed.append(subscription_id)
+    return claimed
+
+
+def deliver(subscription_id: str, client: httpx.Client) -> None:
+    """Send what the claimed subscription has pending (handshake, events, or a heartbeat), then release it."""
+    with db.read_session() as session:
+        state = session.execute(select(subscription_state).where(subscription_state.c.subscription_id == subscription_id)).first()
+        if state is None:
+            return
+        pending = notifications.events(session, subscription_id, state.delivered_through, None, state.max_count,
+                                       with_content=state.content == "full-resource")
+    changes: dict[str, Any] = {"lease_until": None}
+    status = state.status
+    try:
+        if status == "requested":
+            _post(state, client, notifications.bundle(state, "handshake", []))
+            status = "active"
+        if pending:
+            _post(state._replace(status=status), client, notifications.bundle(state._replace(status=status), "event-notification", pending))
+            changes["delivered_through"] = pending[-1].number
+        elif state.heartbeat_seconds and state.status != "requested":
+            _post(state, client, notifications.bundle(state, "heartbeat", []))
+        if status == "error":
+            status = "active"
+        changes.update(failures=0, last_error=None, next_attempt_at=dates.now())
+        if state.heartbeat_seconds:
+            changes["heartbeat_at"] = dates.now() + timedelta(seconds=state.heartbeat_seconds)
+    except (httpx.HTTPError, DeliveryFailed) as error:
+        failures = state.failures + 1
+        message = str(error)[:500] if isinstance(error, DeliveryFailed) else f"{type(error).__name__} posting to the endpoint"
+        changes.update(failures=failures, last_error=message, next_attempt_at=dates.now() + timedelta(seconds=backoff(failures)))
+        if state.status == "requested" or failures >= get_settings().subscription_error_after:
+            status = "error"  # a failed handshake is an error at once (Backport IG)
+        log.warning("subscription.delivery_failed", extra=fields(subscription=subscription_id, failures=failures, error=message))
+    with db.transaction() as session:
+        if status != state.status:
+            changes["status"] = status
+            _write_status(session, subscription_id, status, changes.get("last_error"))
+        session.execute(update(subscription_state).where(subscription_state.c.subscription_id == subscription_id).values(**changes))
+
+
+class DeliveryFailed(Exception):
+    pass
+
+
+def _post(state: Row[Any], client: httpx.Client, body: dict[str, Any]) -> None:
+    data = orjson.dumps(body)
+    headers = dict(h.split(":", 1) for h in orjson.loads(state.headers))
+    headers = {k.strip(): v.strip() for k, v in headers.items()}
+    headers.update({"Content-Type": state.content_type + "; fhirVersion=4.0", SIGNATURE_HEADER: sign(state.secret, data)})
+    response = client.post(state.endpoint, content=data, headers=headers, timeout=state.timeout_seconds)
+    if not 200 <= response.status_code < 300:
+        raise DeliveryFailed(f"the endpoint answered {response.status_code}")
+
+
+def _write_status(session: Session, subscription_id: str, status: str, error: str | None) -> None:
+    """A new version of the Subscription showing the status the server gave it (its history shows each change)."""
+    found = store.current(session, "Subscription", subscription_id, lock=True)
+    content = store.content(session, "Subscription", subscription_id)
+    if found is None or found.deleted or content is None:
+        return
+    content["status"] = status
+    if error:
+        content["error"] = error
+    else:
+        content.pop("error", None)
+    store.write_versions(session, [store.Write("Subscription", subscription_id, "PUT", content, found)])
+
+
+class Worker:
+    """A thread per server process: claims due subscriptions and delivers them on a small pool of threads."""
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        self._poll = settings.subscription_poll_seconds
+        self._pool = ThreadPoolExecutor(settings.subscription_delivery_threads, thread_name_prefix="qiao-delivery")
+        self._client = httpx.Client(follow_redirects=False)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="qiao-subscriptions", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self._pool.shutdown(wait=True)
+        self._client.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._poll)
+            self._wake.clear()
+            try:
+                while not self._stop.is_set() and self.run_once():
+                    pass
+            except Exception as error:  # noqa: BLE001 - keep delivering; the outbox keeps what was not sent
+                log.error("subscription.worker_failed", extra=fields(error=type(error).__name__))
+
+    def run_once(self) -> int:
+        """Deliver what is due now; returns how many subscriptions were served."""
+        claimed = claim(limit=4 * get_settings().subscription_delivery_threads)
+        for future in [self._pool.submit(deliver, subscription_id, self._client) for subscription_id in claimed]:
+            future.result()
+        return len(claimed)
