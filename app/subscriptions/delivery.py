@@ -14,11 +14,12 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import Row, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app import db
@@ -71,9 +72,10 @@ def claim(limit: int) -> list[str]:
 def deliver(subscription_id: str, client: httpx.Client) -> None:
     """Send what the claimed subscription has pending (handshake, events, or a heartbeat), then release it."""
     with db.read_session() as session:
-        state = session.execute(select(subscription_state).where(subscription_state.c.subscription_id == subscription_id)).first()
-        if state is None:
+        row = session.execute(select(subscription_state).where(subscription_state.c.subscription_id == subscription_id)).first()
+        if row is None:
             return
+        state = SimpleNamespace(**row._mapping)
         pending = notifications.events(session, subscription_id, state.delivered_through, None, state.max_count,
                                        with_content=state.content == "full-resource")
     changes: dict[str, Any] = {"lease_until": None}
@@ -83,7 +85,7 @@ def deliver(subscription_id: str, client: httpx.Client) -> None:
             _post(state, client, notifications.bundle(state, "handshake", []))
             status = "active"
         if pending:
-            _post(state._replace(status=status), client, notifications.bundle(state._replace(status=status), "event-notification", pending))
+            _post(state, client, notifications.bundle(SimpleNamespace(**{**vars(state), "status": status}), "event-notification", pending))
             changes["delivered_through"] = pending[-1].number
         elif state.heartbeat_seconds and state.status != "requested":
             _post(state, client, notifications.bundle(state, "heartbeat", []))
@@ -110,7 +112,7 @@ class DeliveryFailed(Exception):
     pass
 
 
-def _post(state: Row[Any], client: httpx.Client, body: dict[str, Any]) -> None:
+def _post(state: SimpleNamespace, client: httpx.Client, body: dict[str, Any]) -> None:
     data = orjson.dumps(body)
     headers = dict(h.split(":", 1) for h in orjson.loads(state.headers))
     headers = {k.strip(): v.strip() for k, v in headers.items()}
@@ -167,7 +169,7 @@ class Worker:
                 while not self._stop.is_set() and self.run_once():
                     pass
             except Exception as error:  # noqa: BLE001 - keep delivering; the outbox keeps what was not sent
-                log.error("subscription.worker_failed", extra=fields(error=type(error).__name__))
+                log.error("subscription.worker_failed", exc_info=error, extra=fields(error=type(error).__name__))
 
     def run_once(self) -> int:
         """Deliver what is due now; returns how many subscriptions were served."""
