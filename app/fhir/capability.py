@@ -10,6 +10,9 @@ from app.fhir import resources
 from app.store.search_parameters import SPECIAL, parameters_for
 
 SOFTWARE_VERSION = "0.1.0"
+BACKPORT_IG = "http://hl7.org/fhir/uv/subscriptions-backport"
+BACKPORT_SERVER = f"{BACKPORT_IG}/CapabilityStatement/CapabilitySubscriptionServer"
+TOPIC_CANONICAL = f"{BACKPORT_IG}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
 TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
 
 
@@ -37,8 +40,10 @@ def _statement() -> dict[str, Any]:
                 ] + [{"name": name, "type": p.type} for name, p in sorted(parameters.items())],
             }
         )
+    _declare_subscriptions(rest_resources)
     return {
         "resourceType": "CapabilityStatement",
+        "instantiates": [BACKPORT_SERVER],
         "status": "active",
         "date": "2026-11-23",
         "kind": "instance",
@@ -58,6 +63,17 @@ def _statement() -> dict[str, Any]:
             }
         ],
     }
+
+
+def _declare_subscriptions(rest_resources: list[dict[str, Any]]) -> None:
+    """The Backport IG's conformance: its Subscription profile, the topics by canonical, $status and $events."""
+    from app.subscriptions import registry, topics
+
+    subscription = next(r for r in rest_resources if r["type"] == "Subscription")
+    subscription["supportedProfile"] = [registry.PROFILE]
+    subscription["extension"] = [{"url": TOPIC_CANONICAL, "valueCanonical": url} for url in topics.TOPICS]
+    subscription["operation"] = [{"name": name, "definition": f"{BACKPORT_IG}/OperationDefinition/backport-subscription-{name}"}
+                                 for name in ("status", "events")]
 
 
 def capability_statement(base: str) -> dict[str, Any]:

@@ -111,3 +111,11 @@ def test_a_subscription_the_server_cannot_honour_is_refused(client: TestClient, 
         response = client.post("/fhir/Subscription", json=resource, headers={**hospital, **FHIR_JSON})
         assert response.status_code == 422, (where, response.text)
         assert response.json()["issue"][0]["expression"] == [where]
+
+
+def test_the_capability_statement_declares_the_topics(client: TestClient) -> None:
+    statement = client.get("/fhir/metadata").json()
+    subscription = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
+    assert TOPIC in [e["valueCanonical"] for e in subscription["extension"]]
+    assert [o["name"] for o in subscription["operation"]] == ["status", "events"]
+    assert statement["instantiates"] == ["http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/CapabilitySubscriptionServer"]
