@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     replay_parser = messages_commands.add_parser("replay", help="process stored messages again (after a fix)")
     replay_parser.add_argument("ids", nargs="+", type=int)
 
+    subscriptions_parser = commands.add_parser("subscriptions", help="Subscriptions: delivery state, replay")
+    subscriptions_commands = subscriptions_parser.add_subparsers(dest="subscriptions_command", required=True)
+    subscriptions_commands.add_parser("list", help="each subscription: status, events raised, pending, failures, last error")
+    resend_parser = subscriptions_commands.add_parser("replay", help="send a subscription's events again from a number")
+    resend_parser.add_argument("subscription_id")
+    resend_parser.add_argument("--since", type=int, default=1, help="the first event number to send again (default 1)")
+
     args = parser.parse_args(argv)
     settings = get_settings()
     qiao_logging.configure(settings.log_level)
@@ -84,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return ingest(args.files, args.source)
     if args.command == "messages":
         return list_messages(args) if args.messages_command == "list" else replay_messages(args.ids)
+    if args.command == "subscriptions":
+        return list_subscriptions() if args.subscriptions_command == "list" else replay_subscription(args.subscription_id, args.since)
     return 0
 
 
@@ -225,3 +234,29 @@ def replay_messages(ids: list[int]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def list_subscriptions() -> int:
+    from app import db
+    from app.subscriptions import service
+
+    with db.read_session() as session:
+        for row in service.overview(session):
+            print(f"{row['subscription_id']}\t{row['org'] or '-'}\t{row['topic']}\t{row['status']}\tevents {row['events_count']}"
+                  f"\tpending {row['pending']}\tfailures {row['failures']}" + (f"\t{row['last_error']}" if row["last_error"] else ""))
+    return 0
+
+
+def replay_subscription(subscription_id: str, since: int) -> int:
+    from app import db
+    from app.errors import QiaoError
+    from app.subscriptions import service
+
+    try:
+        with db.transaction() as session:
+            pending = service.replay(session, subscription_id, since)
+    except QiaoError as error:
+        print(f"qiao subscriptions replay: {error.message}", file=sys.stderr)
+        return 2
+    print(f"{subscription_id}\t{pending} events pending; a running server sends them")
+    return 0

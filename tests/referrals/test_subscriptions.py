@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app import db
 from app.config import get_settings
+from app.subscriptions import service
 from app.subscriptions.registry import FILTER, PAYLOAD_CONTENT, SECRET
 from tests.builders import patient
 from tests.referrals.conftest import Receiver
@@ -96,6 +98,10 @@ def test_referral_changes_reach_the_subscribers_signed_in_order_through_an_outag
     assert numbers(got) == [1, 2, 3] and receivers["hospital"].refused >= 2
     eventually(lambda: client.get(f"/fhir/Subscription/{created['id']}", headers=hospital).json()["status"] == "active")
     assert kinds(receivers["other"].bundles()) == ["handshake"]  # never told of a resident it does not care for
+
+    with db.transaction() as session:  # what `qiao subscriptions replay ID --since 2` does
+        assert service.replay(session, created["id"], since=2) == 2
+    assert numbers(receivers["hospital"].wait_for(lambda b: len(numbers(b)) == 5)) == [1, 2, 3, 2, 3]
 
 
 def test_a_subscription_the_server_cannot_honour_is_refused(client: TestClient, institutions: dict[str, Headers]) -> None:
