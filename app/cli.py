@@ -1,7 +1,6 @@
 """The `qiao` command: serve, migrate, client add, token, audit verify."""
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
@@ -11,6 +10,7 @@ import orjson
 
 from app import logging as qiao_logging
 from app.config import get_settings
+from app.endpoints import is_loopback
 
 log = logging.getLogger("qiao")
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     qiao_logging.configure(settings.log_level)
     if args.command == "serve":
-        if not settings.auth and not _loopback(args.host):
+        if not settings.auth and not is_loopback(args.host):
             print(f"qiao: refusing to serve on {args.host} with QIAO_AUTH=false: without authentication, serve on loopback only",
                   file=sys.stderr)
             return 2
@@ -95,12 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         return list_subscriptions() if args.subscriptions_command == "list" else replay_subscription(args.subscription_id, args.since)
     return 0
 
-
-def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def migrate() -> None:

@@ -1,10 +1,8 @@
 """Registered clients (SMART Backend Services): the Organization each acts for, the scopes it may be granted, its
 access level and its public keys (an inline JWK Set or a JWKS URL, fetched when a token is asked for)."""
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -14,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.auth import scopes as scope_syntax
 from app.auth.principal import ACCESS_LEVELS, ORGANIZATION
 from app.auth.tables import auth_client
+from app.endpoints import is_secure_url
 from app.errors import InvalidRequest
 from app.store import dates
 
@@ -89,22 +88,8 @@ def check_jwks(jwks: Any) -> None:
 
 
 def check_endpoint_url(url: str) -> None:
-    """https, or http on a loopback address (tests, a service on the same host)."""
-    split = urlsplit(url)
-    if split.scheme == "https" and split.hostname:
-        return
-    if split.scheme == "http" and split.hostname and _loopback(split.hostname):
-        return
-    raise InvalidRequest(f"{url!r} must be https (http only on loopback)", expression=["jwks_url"])
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    if not is_secure_url(url):
+        raise InvalidRequest(f"{url!r} must be https (http only on loopback)", expression=["jwks_url"])
 
 
 def public_keys(client: Client) -> list[dict[str, Any]]:

@@ -16,7 +16,6 @@ import yaml
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from app.auth import policy
 from app.auth.principal import SYSTEM, Principal
 from app.auth.relations import reference_id
 from app.config import get_settings
@@ -116,8 +115,7 @@ def check(session: Session, write: Any, principal: Principal) -> None:
             raise Conflict("a referral Task that was sent is never deleted; move it to entered-in-error instead", expression=["Task"])
         return
     stage = rules.stages[stage_of(content)]
-    content["businessStatus"] = {"coding": [{"system": rules.system, "code": stage.code, "display": stage.display}],
-                                 "text": stage.display}
+    content["businessStatus"] = _business(stage.code)
     roles = _roles(principal, content)
     if previous is None:
         if REQUESTER not in roles:
@@ -128,8 +126,8 @@ def check(session: Session, write: Any, principal: Principal) -> None:
                            expression=["Task.status"])
         _note(session, write.resource_id, Move(None, stage.code, REQUESTER))
         return
-    _keep_parties(previous, content, roles, stage_of(previous))
     old = stage_of(previous)
+    _keep_parties(previous, content, roles, old)
     if old == stage.code:
         return
     actor = rules.transitions.get(old, {}).get(stage.code)
@@ -180,7 +178,7 @@ def after(session: Session, written: Sequence[Any], principal: Principal) -> Non
             task_id=stored.resource_id, version_id=stored.version_id, from_stage=move.from_stage, to_stage=move.to_stage,
             actor_role=move.role, actor_org=principal.organization, actor_client=principal.client_id,
             reason=_reason(content), at=stored.last_updated))
-        _follow_on(session, stored, content, move)
+        _follow_on(session, stored, content, move, principal)
 
 
 def _reason(content: dict[str, Any]) -> str | None:
@@ -189,7 +187,7 @@ def _reason(content: dict[str, Any]) -> str | None:
     return str(text)[:500] if text else None
 
 
-def _follow_on(session: Session, stored: Any, task: dict[str, Any], move: Move) -> None:
+def _follow_on(session: Session, stored: Any, task: dict[str, Any], move: Move, principal: Principal) -> None:
     request_id = reference_id(task.get("focus"), "ServiceRequest")
     request = store.content(session, "ServiceRequest", request_id) if request_id else None
     if request is None or direction(request) != UPWARD:
@@ -199,13 +197,13 @@ def _follow_on(session: Session, stored: Any, task: dict[str, Any], move: Move) 
     community = task.get("requester")
     if move.to_stage == "requested":
         # 基本公卫: after an up-referral the community follows it up within two weeks (an open loop until done)
-        _create(session, [follow_up(task, stored, owner=community, requester=community, due=now + timedelta(days=settings.referral_followup_days),
-                                    text="2周内主动随访转诊情况")])
+        _create(session, principal, [follow_up(task, stored.resource_id, owner=community, requester=community,
+                                               due=now + timedelta(days=settings.referral_followup_days), text="2周内主动随访转诊情况")])
     elif move.to_stage == "completed":
         down_request, down_task = downward(task, request, stored)
-        follow = follow_up(down_task, None, owner=community, requester=task.get("owner"),
+        follow = follow_up(down_task, down_task["id"], owner=community, requester=task.get("owner"),
                            due=now + timedelta(days=settings.referral_downward_followup_days), text="下转后随访（家庭医生）")
-        _create(session, [down_request, down_task, follow])
+        _create(session, principal, [down_request, down_task, follow])
 
 
 def direction(request: dict[str, Any]) -> str | None:
@@ -216,13 +214,13 @@ def direction(request: dict[str, Any]) -> str | None:
     return None
 
 
-def follow_up(task: dict[str, Any], stored: Any, *, owner: Any, requester: Any, due: Any, text: str) -> dict[str, Any]:
-    """A due item for the community: done when its owner completes it, an open loop once `due` has passed."""
-    part_of = f"Task/{stored.resource_id}" if stored is not None else f"Task/{task['id']}"
+def follow_up(task: dict[str, Any], task_id: str, *, owner: Any, requester: Any, due: Any, text: str) -> dict[str, Any]:
+    """A due item for the community, part of referral Task `task_id`: done when its owner completes it, an open loop
+    once `due` has passed."""
     return {
         "resourceType": "Task", "id": store.new_id(), "status": "requested", "intent": "order",
         "code": {"coding": [{"system": TASK_CODE_SYSTEM, "code": FOLLOW_UP, "display": "转诊随访"}], "text": text},
-        "description": text, "for": task.get("for"), "basedOn": [task["focus"]], "partOf": [{"reference": part_of}],
+        "description": text, "for": task.get("for"), "basedOn": [task["focus"]], "partOf": [{"reference": f"Task/{task_id}"}],
         "authoredOn": dates.instant(dates.now()), "requester": requester, "owner": owner,
         "restriction": {"period": {"end": dates.instant(due)}},
     }
@@ -258,9 +256,8 @@ def _business(code: str) -> dict[str, Any]:
     return {"coding": [{"system": machine().system, "code": code, "display": stage.display}], "text": stage.display}
 
 
-def _create(session: Session, resources: list[dict[str, Any]]) -> None:
+def _create(session: Session, principal: Principal, resources: list[dict[str, Any]]) -> None:
     """Written by the server on the actor's behalf (audited as theirs), sent as the actor's organization."""
-    principal = policy.principal_of(session)
     writes = [store.Write(r["resourceType"], r["id"], "POST", r, None, org=principal.organization) for r in resources]
     store.apply(session, writes, authorized=True)
 

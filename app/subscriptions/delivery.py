@@ -85,7 +85,7 @@ def deliver(subscription_id: str, client: httpx.Client) -> None:
             _post(state, client, notifications.bundle(state, "handshake", []))
             status = "active"
         if pending:
-            _post(state, client, notifications.bundle(SimpleNamespace(**{**vars(state), "status": status}), "event-notification", pending))
+            _post(state, client, notifications.bundle(SimpleNamespace(**(vars(state) | {"status": status})), "event-notification", pending))
             changes["delivered_through"] = pending[-1].number
         elif state.heartbeat_seconds and state.status != "requested":
             _post(state, client, notifications.bundle(state, "heartbeat", []))

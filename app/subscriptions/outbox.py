@@ -45,12 +45,16 @@ def after(session: Session, written: Sequence[Any], _principal: Principal) -> No
         subscription_state.c.topic.in_(list(raised)), subscription_state.c.status.in_(LIVE))
         .order_by(subscription_state.c.subscription_id)).all()  # one lock order: no deadlock between writers
     rows: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str | None, str], list[bool]] = {}  # the policy depends on organization and access only
     for subscription in subscriptions:
         subscriber = Principal(subscription.client_id, subscription.org, scope_syntax.parse(subscription.scope), access=subscription.access)
+        items = raised[subscription.topic]
+        key = (subscription.topic, subscription.org, subscription.access)
+        if key not in seen:
+            seen[key] = policy.visible(session, subscriber, [s for s, _ in items])
         filters = [(t, [(n, list(v)) for n, v in p]) for t, p in orjson.loads(subscription.filters)]
-        wanted = [s for s, c in raised[subscription.topic] if policy.may(subscriber, s.resource_type, "r") and topics.matches(filters, c)]
-        seen = policy.visible(session, subscriber, wanted) if wanted else []
-        wanted = [s for s, ok in zip(wanted, seen, strict=True) if ok]
+        wanted = [s for (s, c), visible in zip(items, seen[key], strict=True)
+                  if visible and policy.may(subscriber, s.resource_type, "r") and topics.matches(filters, c)]
         if not wanted:
             continue
         last = session.execute(

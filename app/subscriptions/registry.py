@@ -5,16 +5,15 @@ handshake) or `error` (delivery keeps failing). The HMAC secret the client gives
 Subscription.channel) is kept in the delivery state and never stored in, or served with, the resource.
 """
 
-import ipaddress
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.principal import SYSTEM, Principal
+from app.endpoints import is_secure_url
 from app.errors import Unprocessable
 from app.store import dates
 from app.store.rules import WriteRule
@@ -49,15 +48,6 @@ def _invalid(message: str, where: str) -> Unprocessable:
     return Unprocessable(message, expression=[where])
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check(session: Session, write: Any, principal: Principal) -> None:
     """Refuse what the server cannot honour, naming the element; take the secret out of the resource."""
     content = write.content
@@ -69,9 +59,7 @@ def check(session: Session, write: Any, principal: Principal) -> None:
     channel = content.get("channel") or {}
     if channel.get("type") != "rest-hook":
         raise _invalid(f"channel type {channel.get('type')!r} is not supported; use rest-hook", "Subscription.channel.type")
-    endpoint = str(channel.get("endpoint") or "")
-    parts = urlsplit(endpoint)
-    if not (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname or ""))) or not parts.hostname:
+    if not is_secure_url(str(channel.get("endpoint") or "")):
         raise _invalid("channel.endpoint must be an https URL (http only on a loopback address)", "Subscription.channel.endpoint")
     payload = str(channel.get("payload") or "").split(";")[0].strip()
     if payload not in PAYLOAD_TYPES:
@@ -83,9 +71,11 @@ def check(session: Session, write: Any, principal: Principal) -> None:
         raise _invalid("a client submits a Subscription as requested or off; the server makes it active or error",
                        "Subscription.status")
     secret = _extension(channel, SECRET)
-    channel["extension"] = [e for e in channel.get("extension") or [] if e.get("url") != SECRET] or None
-    if channel["extension"] is None:
-        del channel["extension"]
+    kept = [e for e in channel.get("extension") or [] if e.get("url") != SECRET]
+    if kept:
+        channel["extension"] = kept
+    else:
+        channel.pop("extension", None)
     if secret is not None:
         if not isinstance(secret, str) or len(secret) < MIN_SECRET:
             raise _invalid(f"the {SECRET} extension needs a secret of at least {MIN_SECRET} characters", "Subscription.channel.extension")
