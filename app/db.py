@@ -5,7 +5,7 @@ any exception. Services flush when they need database-generated values; they nev
 """
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -140,9 +140,18 @@ def lock_key(session: Session, key: str) -> None:
 
     SQLite needs nothing: a write transaction holds the database's one write lock from its BEGIN.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": int.from_bytes(digest, "big", signed=True)})
+    lock_keys(session, [key])
+
+
+def lock_keys(session: Session, keys: Iterable[str]) -> None:
+    """Lock several keys in one round trip, always in the same order, so that two transactions locking overlapping
+    sets wait for each other instead of deadlocking."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    numbers = sorted({int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True) for key in keys})
+    if numbers:
+        # unnest yields the array in order, and the aggregate takes each lock as the row arrives
+        session.execute(text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:ks AS bigint[])) AS k"), {"ks": numbers})
 
 
 def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:

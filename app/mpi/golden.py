@@ -42,34 +42,48 @@ def refresh(session: Session, master_ids: Iterable[str], *, replaced_by: dict[st
     """Rewrite these masters from their sources. A master left without sources is deleted, or, when it was merged
     into another (`replaced_by`), kept inactive with a `replaced-by` link so that references to it still resolve."""
     replaced_by = replaced_by or {}
+    masters = sorted(set(master_ids))
+    sources = _sources(session, masters)
+    found = repository.current_many(session, "Patient", masters, lock=True)
     writes = []
-    for master_id in sorted(set(master_ids)):
-        sources = _sources(session, master_id)
-        found = repository.current(session, "Patient", master_id, lock=True)
-        if sources:
-            content: dict[str, Any] | None = build(master_id, sources)
+    for master_id in masters:
+        content: dict[str, Any] | None
+        if sources.get(master_id):
+            content = build(master_id, sources[master_id])
         elif master_id in replaced_by:
             content = retired(master_id, replaced_by[master_id])
-        elif found is None or found.deleted:
+        elif master_id not in found or found[master_id].deleted:
             continue
         else:
             content = None
-        writes.append(repository.Write("Patient", master_id, "PUT" if content else "DELETE", content, found))
+        writes.append(repository.Write("Patient", master_id, "PUT" if content else "DELETE", content, found.get(master_id)))
     repository.write_versions(session, writes)
 
 
 Source = tuple[str, datetime, dict[str, Any], features.Features]  # id, last updated, content, the index's features
 
 
-def _sources(session: Session, master_id: str) -> list[Source]:
-    rows = session.connection().execute(
-        select(resource.c.res_id, resource.c.last_updated, resource_version.c.content, mpi_record.c.features)
+def _sources(session: Session, master_ids: list[str]) -> dict[str, list[Source]]:
+    """Each master's sources, in two indexed look-ups driven by the masters' records: one join let PostgreSQL, on
+    statistics from a smaller table, scan every Patient for each write (a district's initial load crawled)."""
+    if not master_ids:
+        return {}
+    connection = session.connection()
+    records = {row.patient_id: row for row in connection.execute(
+        select(mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.features).where(mpi_record.c.master_id.in_(master_ids)))}
+    if not records:
+        return {}
+    rows = connection.execute(
+        select(resource.c.res_id, resource.c.last_updated, resource_version.c.content)
         .join(resource_version, and_(resource_version.c.resource_pk == resource.c.pk, resource_version.c.version_id == resource.c.version_id))
-        .join(mpi_record, mpi_record.c.patient_id == resource.c.res_id)
-        .where(resource.c.res_type == "Patient", resource.c.deleted.is_(False), mpi_record.c.master_id == master_id)
+        .where(resource.c.res_type == "Patient", resource.c.res_id.in_(records), resource.c.deleted.is_(False))
     ).all()
-    return [(row.res_id, row.last_updated, orjson.loads(row.content), features.Features.from_json(orjson.loads(row.features)))
-            for row in rows]
+    found: dict[str, list[Source]] = {}
+    for row in rows:
+        record = records[row.res_id]
+        found.setdefault(record.master_id, []).append(
+            (row.res_id, row.last_updated, orjson.loads(row.content), features.Features.from_json(orjson.loads(record.features))))
+    return found
 
 
 def build(master_id: str, sources: list[Source]) -> dict[str, Any]:

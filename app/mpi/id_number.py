@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from enum import Enum
+from functools import lru_cache
 
 SYSTEM = "urn:oid:2.16.156.10011.1.3"
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -31,8 +32,9 @@ def normalise(value: str | None) -> str | None:
     return text or None
 
 
+@lru_cache(maxsize=65536)
 def is_valid(number: str | None) -> bool:
-    """A well-formed 18-character number: digits, a right check character, a province code and a real birth date."""
+    """(Cached: matching compares each number with every candidate's.) A well-formed 18-character number: digits, a right check character, a province code and a real birth date."""
     if not number or not re.fullmatch(r"\d{17}[\dX]", number):
         return False
     return check_character(number[:17]) == number[17] and int(number[:2]) in _PROVINCES and birth_date(number) is not None

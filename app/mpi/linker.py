@@ -6,6 +6,7 @@ Serialised per blocking key (two records of one person share at least one key, s
 into two masters)."""
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,12 +14,13 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, true, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from app.auth.principal import Principal
 from app.config import get_settings
-from app.db import lock_key
+from app.db import bulk_insert, lock_keys
 from app.errors import Forbidden
 from app.mpi import features as feature_reader
 from app.mpi import golden
@@ -32,6 +34,9 @@ MAX_CANDIDATES = 1000
 MAX_REVIEWS_PER_RECORD = 5
 #: a phone or a name shared by more residents than this is no blocking key (a clinic's number, 张伟)
 BLOCK_LIMIT = 200
+#: term frequencies are counted over at most this many records per value: the cost of a write stays bounded, and a
+#: value this common is weak evidence whatever its exact count
+SHARE_SAMPLE = 2000
 
 
 @lru_cache
@@ -96,46 +101,87 @@ class Decision:
 
 def score(connection: Connection, f: Features, *, exclude: str | None = None) -> list[Candidate]:
     """Every candidate record sharing a blocking key, scored and graded; best first."""
-    keys = blocking_keys(f)
-    if not keys:
-        return []
-    numbered = (
-        select(mpi_block.c.record_pk, func.row_number().over(partition_by=mpi_block.c.key).label("n"))
-        .where(mpi_block.c.key.in_(keys))
-        .subquery()
-    )
-    rows = connection.execute(
-        select(mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.features)
-        .where(mpi_record.c.pk.in_(select(numbered.c.record_pk).where(numbered.c.n <= BLOCK_LIMIT)))
-        .limit(MAX_CANDIDATES)
-    ).all()
-    rows = [row for row in rows if row.patient_id != exclude]
-    if not rows:
-        return []
-    shares = _shares(connection, f)
-    distinct = _distinct_from(connection, exclude, [row.patient_id for row in rows]) if exclude else set()
-    current = model()
-    candidates = []
-    for row in rows:
-        other = Features.from_json(orjson.loads(row.features))
-        levels = compare(f, other)
-        probability = current.probability(current.weight(levels, lambda c, lv: _share(shares, f, c, lv)))
-        ruled_out = row.patient_id in distinct or levels.get("id_number") == ID_DIFFERENT
-        graded = CERTAINLY_NOT if ruled_out else grade(current, levels, probability)
-        candidates.append(Candidate(row.patient_id, row.master_id, probability, levels, graded, ruled_out))
-    return sorted(candidates, key=lambda c: -c.probability)
+    return Pool.read(connection, [f], [exclude] if exclude else []).score(f, exclude=exclude)
 
 
-def _shares(connection: Connection, f: Features) -> dict[str, float]:
-    """Each agreeing value's share of the residents (distinct masters), for term-frequency adjustment."""
-    keys = frequency_keys(f) + [f"ph:{p}" for p in f.phones]
+@dataclass
+class Pool:
+    """The indexed records a batch of records is matched against, read in a few queries for the whole batch and
+    overlaid with the batch's own placements, so that two records of one person in one batch find each other."""
+
+    blocks: dict[str, list[str]]  # blocking key → patient ids (a key read over BLOCK_LIMIT is left out)
+    records: dict[str, tuple[str, Features]]  # patient id → (master id, features)
+    shares: dict[str, float]
+    distinct: set[tuple[str, str]]  # pairs a steward declared different, smaller id first
+
+    @classmethod
+    def read(cls, connection: Connection, batch: Sequence[Features], ids: Sequence[str]) -> "Pool":
+        keys = sorted({key for f in batch for key in blocking_keys(f)})
+        blocks: dict[str, list[int]] = {}
+        if keys:
+            first = _first(connection, keys, BLOCK_LIMIT + 1)
+            for key, record_pk in connection.execute(select(first.c.key, first.c.record_pk)):
+                blocks.setdefault(key, []).append(record_pk)
+        blocks = {key: pks for key, pks in blocks.items() if len(pks) <= BLOCK_LIMIT}
+        pks = {pk for found in blocks.values() for pk in found}
+        rows = connection.execute(
+            select(mpi_record.c.pk, mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.features).where(mpi_record.c.pk.in_(pks))
+        ).all() if pks else []
+        by_pk = {row.pk: row.patient_id for row in rows}
+        records = {row.patient_id: (row.master_id, Features.from_json(orjson.loads(row.features))) for row in rows}
+        distinct = _distinct(connection, list(ids), list(records)) if ids and records else set()
+        return cls({key: [by_pk[pk] for pk in found if pk in by_pk] for key, found in blocks.items()}, records,
+                   _shares(connection, batch), distinct)
+
+    def score(self, f: Features, *, exclude: str | None = None) -> list[Candidate]:
+        ids = dict.fromkeys(pid for key in blocking_keys(f) for pid in self.blocks.get(key, ()) if pid != exclude)
+        current = model()
+        candidates = []
+        for patient_id in list(ids)[:MAX_CANDIDATES]:
+            master_id, other = self.records[patient_id]
+            levels = compare(f, other)
+            probability = current.probability(current.weight(levels, lambda c, lv: _share(self.shares, f, c, lv)))
+            ruled_out = (exclude is not None and _pair(exclude, patient_id) in self.distinct) or levels.get("id_number") == ID_DIFFERENT
+            graded = CERTAINLY_NOT if ruled_out else grade(current, levels, probability)
+            candidates.append(Candidate(patient_id, master_id, probability, levels, graded, ruled_out))
+        return sorted(candidates, key=lambda c: -c.probability)
+
+    def add(self, patient_id: str, master_id: str, f: Features) -> None:
+        """A record placed in this batch: the next ones are matched against it too."""
+        self.records[patient_id] = (master_id, f)
+        for key in blocking_keys(f):
+            found = self.blocks.setdefault(key, [])
+            if patient_id not in found:
+                found.append(patient_id)
+
+
+def _first(connection: Connection, keys: list[str], limit: int) -> Any:
+    """(key, record_pk) of the first `limit` records under each key, as a subquery. On PostgreSQL a LATERAL join
+    reads at most `limit` index entries per key, whatever the key's size, in one statement whatever the number of
+    keys; SQLite (the small embedded store) numbers each key's rows instead."""
+    if connection.dialect.name == "postgresql":
+        wanted = func.unnest(bindparam("keys", keys, type_=postgresql.ARRAY(String))).table_valued("key").render_derived()
+        first = select(mpi_block.c.record_pk).where(mpi_block.c.key == wanted.c.key).limit(limit).lateral()
+        return select(wanted.c.key, first.c.record_pk).select_from(wanted).join(first, true()).subquery()
+    numbered = (select(mpi_block.c.key, mpi_block.c.record_pk, func.row_number().over(partition_by=mpi_block.c.key).label("n"))
+                .where(mpi_block.c.key.in_(keys)).subquery())
+    return select(numbered.c.key, numbered.c.record_pk).where(numbered.c.n <= limit).subquery()
+
+
+def _pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+def _shares(connection: Connection, batch: Sequence[Features]) -> dict[str, float]:
+    """Each value's share of the residents (distinct masters), for term-frequency adjustment."""
+    keys = sorted({key for f in batch for key in frequency_keys(f) + [f"ph:{p}" for p in f.phones]})
     if not keys:
         return {}
+    sample = _first(connection, keys, SHARE_SAMPLE)
     counts = connection.execute(
-        select(mpi_block.c.key, func.count(func.distinct(mpi_record.c.master_id)))
-        .join(mpi_record, mpi_record.c.pk == mpi_block.c.record_pk)
-        .where(mpi_block.c.key.in_(keys))
-        .group_by(mpi_block.c.key)
+        select(sample.c.key, func.count(func.distinct(mpi_record.c.master_id)))
+        .join(mpi_record, mpi_record.c.pk == sample.c.record_pk)
+        .group_by(sample.c.key)
     ).all()
     population = max(_population(connection), get_settings().mpi_min_population)
     return {key: max(count, 1) / population for key, count in counts}
@@ -164,14 +210,14 @@ def _population(connection: Connection) -> int:
     return count
 
 
-def _distinct_from(connection: Connection, patient_id: str, others: list[str]) -> set[str]:
+def _distinct(connection: Connection, ids: list[str], others: list[str]) -> set[tuple[str, str]]:
     rows = connection.execute(
         select(mpi_distinct.c.patient_a, mpi_distinct.c.patient_b).where(
-            ((mpi_distinct.c.patient_a == patient_id) & mpi_distinct.c.patient_b.in_(others))
-            | ((mpi_distinct.c.patient_b == patient_id) & mpi_distinct.c.patient_a.in_(others))
+            (mpi_distinct.c.patient_a.in_(ids) & mpi_distinct.c.patient_b.in_(others))
+            | (mpi_distinct.c.patient_b.in_(ids) & mpi_distinct.c.patient_a.in_(others))
         )
     ).all()
-    return {b if a == patient_id else a for a, b in rows}
+    return {_pair(a, b) for a, b in rows}
 
 
 def decide(candidates: Sequence[Candidate]) -> Decision:
@@ -201,7 +247,7 @@ def guard(session: Session, write: Any, _principal: Principal) -> None:
     content, resource_id = write.content, write.resource_id
     if content is not None and golden.is_master(content):
         raise Forbidden("master residents (tag urn:qiao:mpi|master) are kept by the master patient index", expression=["Patient.meta.tag"])
-    if is_master(session.connection(), resource_id):
+    if write.current is not None and is_master(session.connection(), resource_id):
         raise Forbidden(f"Patient/{resource_id} is a master resident kept by the master patient index; change its sources",
                         expression=["Patient"])
 
@@ -212,62 +258,93 @@ def is_master(connection: Connection, patient_id: str) -> bool:
 
 def place_written(session: Session, written: Sequence[Any], principal: Principal) -> None:
     """Place every source Patient among `written` (repository.Stored), and refresh the masters that changed."""
-    actor = principal.client_id
+    contents = [(stored, orjson.loads(stored.content) if stored.content else None) for stored in written]
+    sources = [(stored, content) for stored, content in contents if content is None or not golden.is_master(content)]
+    placing = [(stored.resource_id, stored.org, feature_reader.of_patient(content)) for stored, content in sources if content is not None]
+    # every blocking key of the whole write, locked at once in one order: two batches of overlapping residents
+    # wait for each other instead of deadlocking
+    lock_keys(session, [f"mpi:{key}" for _, _, f in placing for key in blocking_keys(f)])
     touched: set[str] = set()
-    for stored in written:
-        content = orjson.loads(stored.content) if stored.content else None
-        if content is not None and golden.is_master(content):
-            continue
+    for stored, content in sources:
         if content is None:
             touched |= withdraw(session, stored.resource_id)
-        else:
-            touched |= place(session, stored.resource_id, content, stored.org, actor)
+    touched |= place(session, placing, principal.client_id)
     golden.refresh(session, touched)
 
 
-def place(session: Session, patient_id: str, content: dict[str, Any], org: str | None, actor: str) -> set[str]:
-    """Match a source record and file it under a master; the masters whose membership or content changed."""
-    f = feature_reader.of_patient(content)
-    keys = blocking_keys(f)
-    for key in sorted(set(keys)):
-        lock_key(session, f"mpi:{key}")
+@dataclass
+class _Placement:
+    """What placing a batch writes, gathered so that it is written in a few statements."""
+
+    new: list[dict[str, Any]] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    keys: dict[str, list[str]] = field(default_factory=dict)  # patient id → its blocking and frequency keys
+    events: list[dict[str, Any]] = field(default_factory=list)
+    reviews: dict[str, list[Candidate]] = field(default_factory=dict)
+    joined: Counter[str] = field(default_factory=Counter)  # records each master gained (+) or lost (−) in the batch
+
+
+def place(session: Session, placing: Sequence[tuple[str, str | None, Features]], actor: str) -> set[str]:
+    """Match source records (id, institution, features) and file each under a master; the masters whose membership
+    or content changed. The caller holds the locks of the records' blocking keys. Each record is matched against
+    the index and the batch's records before it."""
+    if not placing:
+        return set()
     connection = session.connection()
-    existing = connection.execute(select(mpi_record).where(mpi_record.c.patient_id == patient_id)).first()
-    decision = decide(score(connection, f, exclude=patient_id))
+    ids = [patient_id for patient_id, _, _ in placing]
+    existing = {row.patient_id: row for row in connection.execute(select(mpi_record).where(mpi_record.c.patient_id.in_(ids)))}
+    pool = Pool.read(connection, [f for _, _, f in placing], ids)
     now = dates.now()
-    if existing is None:
-        master_id = decision.master_id or golden.new_master_id()
+    out = _Placement()
+    touched: set[str] = set()
+    for patient_id, org, f in placing:
+        decision = decide(pool.score(f, exclude=patient_id))
         basis = "match" if decision.master_id else "new"
-        pk = connection.execute(
-            insert(mpi_record).returning(mpi_record.c.pk),
-            {"patient_id": patient_id, "master_id": master_id, "org": org, "features": _json(f), "basis": basis,
-             "probability": decision.probability, "updated_at": now},
-        ).scalar_one()
-        _event(connection, now, patient_id, master_id, None, basis, decision.probability, actor)
-        touched = {master_id}
-    else:
-        pk = existing.pk
-        master_id = _master_after_update(connection, existing, decision)
-        connection.execute(
-            update(mpi_record).where(mpi_record.c.pk == pk).values(
-                master_id=master_id, features=_json(f), updated_at=now,
-                **({"basis": "match" if decision.master_id == master_id else "new", "probability": decision.probability}
-                   if master_id != existing.master_id else {}),
-            )
-        )
-        if master_id != existing.master_id:
-            _event(connection, now, patient_id, master_id, existing.master_id, "match" if decision.master_id else "new",
-                   decision.probability, actor, note="the record changed")
-        connection.execute(delete(mpi_block).where(mpi_block.c.record_pk == pk))
-        touched = {master_id, existing.master_id}
-    stored_keys = sorted(set(keys + frequency_keys(f)))
-    if stored_keys:
-        connection.execute(insert(mpi_block), [{"key": key, "record_pk": pk} for key in stored_keys])
-    _queue_reviews(connection, now, patient_id, [c for c in decision.reviews if c.master_id != master_id])
+        row = {"features": _json(f), "updated_at": now, "probability": decision.probability, "basis": basis}
+        before = existing.get(patient_id)
+        if before is None:
+            master_id = decision.master_id or golden.new_master_id()
+            out.new.append({**row, "patient_id": patient_id, "master_id": master_id, "org": org})
+            out.events.append(_event_row(now, patient_id, master_id, None, basis, decision.probability, actor))
+        else:
+            master_id = _master_after_update(connection, before, decision, out.joined)
+            if master_id == before.master_id:
+                row.update(basis=before.basis, probability=before.probability)
+            else:
+                out.joined[before.master_id] -= 1
+                out.events.append(_event_row(now, patient_id, master_id, before.master_id, basis, decision.probability,
+                                             actor, "the record changed"))
+            out.changed.append({**row, "pk": before.pk, "patient_id": patient_id, "master_id": master_id})
+            touched.add(before.master_id)
+        out.joined[master_id] += 1
+        touched.add(master_id)
+        out.keys[patient_id] = sorted(set(blocking_keys(f) + frequency_keys(f)))
+        out.reviews[patient_id] = [c for c in decision.reviews if c.master_id != master_id]
+        pool.add(patient_id, master_id, f)
+    _write(session, out, now)
     return touched
 
 
-def _master_after_update(connection: Connection, existing: Any, decision: Decision) -> str:
+def _write(session: Session, out: _Placement, now: datetime) -> None:
+    connection = session.connection()
+    pks = {row.patient_id: row.pk for row in connection.execute(
+        insert(mpi_record).returning(mpi_record.c.patient_id, mpi_record.c.pk), out.new)} if out.new else {}
+    if out.changed:
+        connection.execute(
+            update(mpi_record).where(mpi_record.c.pk == bindparam("record_pk")).values(
+                master_id=bindparam("master_id"), features=bindparam("features"), updated_at=bindparam("updated_at"),
+                basis=bindparam("basis"), probability=bindparam("probability")),
+            [{**{k: v for k, v in row.items() if k not in ("pk", "patient_id")}, "record_pk": row["pk"]} for row in out.changed],
+        )
+        connection.execute(delete(mpi_block).where(mpi_block.c.record_pk.in_([row["pk"] for row in out.changed])))
+        pks.update({row["patient_id"]: row["pk"] for row in out.changed})
+    bulk_insert(session, mpi_block, [{"key": key, "record_pk": pks[pid]} for pid, keys in out.keys.items() for key in keys])
+    if out.events:
+        connection.execute(insert(mpi_link_event), out.events)
+    _queue_reviews(connection, now, out.reviews)
+
+
+def _master_after_update(connection: Connection, existing: Any, decision: Decision, joined: Counter[str]) -> str:
     """A steward's placement stands; otherwise a record keeps its master while it still matches it (or is alone in
     it), and moves when it now certainly matches another or no longer matches its own."""
     current: str = existing.master_id
@@ -275,8 +352,8 @@ def _master_after_update(connection: Connection, existing: Any, decision: Decisi
         return current
     if decision.master_id is not None:
         return decision.master_id
-    alone = connection.scalar(select(func.count()).where(mpi_record.c.master_id == current)) == 1
-    return current if alone else golden.new_master_id()
+    members = connection.scalar(select(func.count()).where(mpi_record.c.master_id == current)) or 0
+    return current if members + joined[current] == 1 else golden.new_master_id()
 
 
 def merge_masters(session: Session, source: str, target: str, *, actor: str, note: str | None = None) -> None:
@@ -286,8 +363,8 @@ def merge_masters(session: Session, source: str, target: str, *, actor: str, not
     now = dates.now()
     moved = connection.scalars(select(mpi_record.c.patient_id).where(mpi_record.c.master_id == source)).all()
     connection.execute(update(mpi_record).where(mpi_record.c.master_id == source).values(master_id=target, basis="steward", updated_at=now))
-    for patient_id in moved:
-        _event(connection, now, patient_id, target, source, "steward", None, actor, note)
+    if moved:
+        connection.execute(insert(mpi_link_event), [_event_row(now, pid, target, source, "steward", None, actor, note) for pid in moved])
 
 
 def withdraw(session: Session, patient_id: str) -> set[str]:
@@ -303,27 +380,27 @@ def withdraw(session: Session, patient_id: str) -> set[str]:
     return {row.master_id}
 
 
-def _queue_reviews(connection: Connection, now: datetime, patient_id: str, candidates: Sequence[Candidate]) -> None:
-    if not candidates:
+def _queue_reviews(connection: Connection, now: datetime, reviews: dict[str, list[Candidate]]) -> None:
+    """Each record's doubtful masters, unless the pair is already waiting for a steward."""
+    doubtful = {pid: candidates for pid, candidates in reviews.items() if candidates}
+    if not doubtful:
         return
-    open_for = set(connection.scalars(
-        select(mpi_review.c.master_id).where(mpi_review.c.patient_id == patient_id, mpi_review.c.status == "open")
-    ))
+    waiting = set(connection.execute(
+        select(mpi_review.c.patient_id, mpi_review.c.master_id).where(mpi_review.c.patient_id.in_(doubtful), mpi_review.c.status == "open")
+    ).tuples())
     rows = [
-        {"patient_id": patient_id, "master_id": c.master_id, "probability": c.probability,
+        {"patient_id": pid, "master_id": c.master_id, "probability": c.probability,
          "levels": orjson.dumps(model().explain(c.levels)).decode(), "status": "open", "created_at": now}
-        for c in candidates if c.master_id not in open_for
+        for pid, candidates in doubtful.items() for c in candidates if (pid, c.master_id) not in waiting
     ]
     if rows:
         connection.execute(insert(mpi_review), rows)
 
 
-def _event(connection: Connection, now: datetime, patient_id: str, master_id: str, previous: str | None, basis: str,
-           probability: float | None, actor: str, note: str | None = None) -> None:
-    connection.execute(insert(mpi_link_event).values(
-        at=now, patient_id=patient_id, master_id=master_id, previous_master_id=previous, basis=basis,
-        probability=probability, actor=actor, note=note,
-    ))
+def _event_row(now: datetime, patient_id: str, master_id: str, previous: str | None, basis: str, probability: float | None,
+               actor: str, note: str | None = None) -> dict[str, Any]:
+    return {"at": now, "patient_id": patient_id, "master_id": master_id, "previous_master_id": previous, "basis": basis,
+            "probability": probability, "actor": actor, "note": note}
 
 
 def _json(f: Features) -> str:
