@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     #: Origins allowed to call from a browser (comma-separated); empty: CORS closed.
     cors_origins: str = ""
     #: How often queued read audits are written (seconds); the most a hard crash can lose.
-    audit_flush_seconds: float = 0.2
+    audit_flush_seconds: float = 0.5
     #: Mappings (one folder per adapter) and code tables (codes/); the repository's own by default.
     mappings_dir: Path = Path(__file__).resolve().parents[1] / "mappings"
     #: The source systems (HIS, public health, contracts): their Organization, character set, identifier systems.

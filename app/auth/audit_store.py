@@ -1,10 +1,11 @@
 """The audit trail's storage: writing queued read audits, sealing every AuditEvent into a hash chain, verifying it.
 
 AuditEvents are FHIR resources in the store (searchable like any other, by an auditor scope), immutable through the
-API. Each one written (with its write, or by the queue writer) is also listed in `audit_pending`; the sealer then
-appends it to `audit_chain` with chain_hash = SHA-256(previous chain_hash + SHA-256(content)), under a lock so one
-sealer runs at a time whatever the number of workers. Altering, removing or reordering a sealed event breaks the
-chain, which `qiao audit verify` reports. Events are chained in the order they are sealed, after they commit.
+API. Each is appended to `audit_chain` with chain_hash = SHA-256(previous chain_hash + SHA-256(content)), under a lock
+so that one chainer runs at a time whatever the number of workers: the queue writer chains the events it writes in
+the transaction that writes them; an event written with the write it describes is listed in `audit_pending` and
+chained by the sealer after it commits. Altering, removing or reordering a chained event breaks the chain, which
+`qiao audit verify` reports.
 """
 
 import hashlib
@@ -38,11 +39,16 @@ def flush() -> int:
 
 
 def _flush() -> int:
-    written = 0
-    while batch := audit_trail.queue.take():
+    """Only what was queued when it began: draining until the queue is empty would, under load, chase the handlers
+    and write an AuditEvent every few milliseconds for a handful of accesses each, not one per interval. The events
+    are chained in the transaction that writes them (no pending row, no second transaction to seal them)."""
+    written, due = 0, len(audit_trail.queue)
+    while written < due and (batch := audit_trail.queue.take(min(5000, due - written))):
         try:
             with db.transaction() as session:
-                store.append_audit(session, audit_trail.events(batch))
+                pks = store.append_audit(session, audit_trail.events(batch), pending=False)
+                db.lock_key(session, "audit-chain")
+                _seal_batch(session, pks)
         except BaseException:
             audit_trail.queue.put_back(batch)
             raise
@@ -51,7 +57,8 @@ def _flush() -> int:
 
 
 def seal() -> int:
-    """Chain every committed, unsealed AuditEvent; returns how many were sealed."""
+    """Chain every committed, unsealed AuditEvent (those written with the writes they describe); returns how many
+    were sealed."""
     with db.read_session() as session:
         if session.execute(select(audit_pending.c.resource_pk).limit(1)).first() is None:
             return 0  # nothing to seal: take no write lock (SQLite has one for the whole database)
@@ -65,24 +72,29 @@ def seal() -> int:
             return sealed
 
 
-def _seal_batch(session: Session) -> int:
+def _seal_batch(session: Session, pks: list[int] | None = None) -> int:
+    """Append events to the chain: these (`pks`), or the next pending ones. The caller holds the chain's lock. The
+    hash is over the content as the database gives it back, which is what `verify` reads."""
     head = session.execute(select(audit_chain.c.position, audit_chain.c.chain_hash).order_by(audit_chain.c.position.desc()).limit(1)).first()
     position, previous = (head.position, head.chain_hash) if head else (0, GENESIS)
-    rows = session.execute(
-        select(audit_pending.c.resource_pk, resource_version.c.content)
-        .join(resource_version, (resource_version.c.resource_pk == audit_pending.c.resource_pk) & (resource_version.c.version_id == 1))
-        .order_by(audit_pending.c.resource_pk)
-        .limit(SEAL_BATCH)
-    ).all()
+    statement = select(resource_version.c.resource_pk, resource_version.c.content).where(resource_version.c.version_id == 1)
+    if pks is None:
+        statement = (statement.join(audit_pending, resource_version.c.resource_pk == audit_pending.c.resource_pk)
+                     .order_by(audit_pending.c.resource_pk).limit(SEAL_BATCH))
+    elif pks:
+        statement = statement.where(resource_version.c.resource_pk.in_(pks)).order_by(resource_version.c.resource_pk)
+    else:
+        return 0
     links = []
-    for resource_pk, content in rows:
+    for resource_pk, content in session.execute(statement).all():
         position += 1
         content_hash = hashlib.sha256(content.encode()).hexdigest()
         previous = chain(previous, content_hash)
         links.append({"position": position, "resource_pk": resource_pk, "content_hash": content_hash, "chain_hash": previous})
     if links:
         session.execute(insert(audit_chain), links)
-        session.execute(delete(audit_pending).where(audit_pending.c.resource_pk.in_([link["resource_pk"] for link in links])))
+        if pks is None:
+            session.execute(delete(audit_pending).where(audit_pending.c.resource_pk.in_([link["resource_pk"] for link in links])))
     return len(links)
 
 

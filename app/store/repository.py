@@ -343,12 +343,16 @@ def _write_audits(principal: Principal, stored: Sequence[Stored]) -> list[dict[s
     ]
 
 
-def append_audit(session: Session, events: Sequence[dict[str, Any]]) -> None:
-    """Store AuditEvents (already well-formed: built by audit_trail) and queue them for the hash chain."""
+def append_audit(session: Session, events: Sequence[dict[str, Any]], *, pending: bool = True) -> list[int]:
+    """Store AuditEvents (already well-formed: built by audit_trail); their primary keys. `pending`: queue them for
+    the hash chain (the caller that chains them itself passes False)."""
     if not events:
-        return
+        return []
     writes = [Write("AuditEvent", new_id(), "POST", event, None, org=_agent_org(event)) for event in events]
-    bulk_insert(session, audit_pending, [{"resource_pk": s.pk} for s in write_versions(session, writes)])
+    pks = [s.pk for s in write_versions(session, writes)]
+    if pending:
+        bulk_insert(session, audit_pending, [{"resource_pk": pk} for pk in pks])
+    return pks
 
 
 def _agent_org(event: dict[str, Any]) -> str | None:

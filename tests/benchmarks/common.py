@@ -112,10 +112,10 @@ class Server:
 
 @contextmanager
 def qiao_server(database_url: str, *, workers: int = 2, port: int = 8181, source: Path = ROOT,
-                command: list[str] | None = None) -> Iterator[Server]:
+                command: list[str] | None = None, env: dict[str, str] | None = None) -> Iterator[Server]:
     """`qiao serve` on PostgreSQL (or `command`, run in `source`: another checkout of Qiao, for same-run baselines)."""
     env = {**os.environ, "QIAO_DATABASE_URL": database_url, "QIAO_LOG_LEVEL": "WARNING", "QIAO_DB_POOL_SIZE": "10",
-           "PYTHONPATH": str(source)}
+           "PYTHONPATH": str(source), **(env or {})}
     command = command or [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)]
     process = subprocess.Popen(command, env=env, cwd=source)
     server = Server(process, f"http://127.0.0.1:{port}/fhir")
@@ -161,12 +161,19 @@ class LoadResult:
 
 
 async def _client(host: str, port: int, paths: Callable[[], str], until: float, out: list[float], errors: list[int],
-                  extra: str = "") -> None:
-    """One keep-alive HTTP/1.1 connection issuing GETs back to back (a minimal client, so the load costs little CPU)."""
+                  extra: str = "", interval: float | None = None, first: float = 0.0) -> None:
+    """One keep-alive HTTP/1.1 connection issuing GETs back to back, or one every `interval` seconds from `first`
+    (a minimal client, so the load costs little CPU). On a schedule, a request sent late because the previous one
+    was slow counts from when it was due (no coordinated omission)."""
     reader, writer = await asyncio.open_connection(host, port)
+    due = first
     while time.perf_counter() < until:
         request = f"GET {paths()} HTTP/1.1\r\nHost: {host}\r\nAccept: application/fhir+json\r\n{extra}\r\n".encode()
         start = time.perf_counter()
+        if interval is not None:
+            if due > start:
+                await asyncio.sleep(due - start)
+            start, due = due, due + interval
         writer.write(request)
         status_line = await reader.readline()
         length = 0
@@ -181,7 +188,8 @@ async def _client(host: str, port: int, paths: Callable[[], str], until: float, 
 
 
 def http_load(url: str, paths: Callable[[], str], *, clients: int = 16, seconds: float = 15.0,
-              headers: dict[str, str] | None = None) -> LoadResult:
+              headers: dict[str, str] | None = None, rate: float | None = None) -> LoadResult:
+    """Back-to-back requests on `clients` connections (saturation), or `rate` requests a second spread over them."""
     parsed = httpx.URL(url)
     extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
 
@@ -191,7 +199,9 @@ def http_load(url: str, paths: Callable[[], str], *, clients: int = 16, seconds:
         cpu = time.process_time()
         start = time.perf_counter()
         until = start + seconds
-        await asyncio.gather(*(_client(parsed.host, parsed.port or 80, paths, until, latencies, errors, extra) for _ in range(clients)))
+        interval = clients / rate if rate else None
+        await asyncio.gather(*(_client(parsed.host, parsed.port or 80, paths, until, latencies, errors, extra, interval,
+                                       start + (interval or 0) * i / clients) for i in range(clients)))
         return LoadResult(latencies, time.perf_counter() - start, errors[0], time.process_time() - cpu)
 
     return asyncio.run(run())
