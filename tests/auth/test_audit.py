@@ -113,3 +113,28 @@ def test_no_event_stands_for_more_than_the_combine_limit() -> None:
     count = audit_trail.COMBINE_LIMIT * 2 + 1
     events = audit_trail.events(audit_trail.Access(hospital, "search", query=f"Patient?_id=p{i}") for i in range(count))
     assert [len(e["entity"]) for e in events] == [audit_trail.COMBINE_LIMIT, audit_trail.COMBINE_LIMIT, 1]
+
+
+def test_a_flush_writes_what_was_queued_and_chains_it(app_engine: Any, monkeypatch: Any) -> None:
+    """Accesses queued while a flush writes wait for the next one: a flush that chased the queue under load wrote an
+    AuditEvent every few milliseconds for a handful of accesses."""
+    hospital = Principal("hospital", "hosp-1", Scopes((("*", "rs"),)))
+    audit_store.flush()
+    for i in range(10):
+        audit_trail.record(hospital, "read", patients=[f"p{i}"])
+    append, arrived = audit_store.store.append_audit, []
+
+    def append_while_a_read_arrives(*args: Any, **kwargs: Any) -> list[int]:
+        if not arrived:
+            audit_trail.record(hospital, "read", patients=["late"])
+            arrived.append(True)
+        return append(*args, **kwargs)
+
+    monkeypatch.setattr(audit_store.store, "append_audit", append_while_a_read_arrives)
+    assert audit_store.flush() == 10
+    assert len(audit_trail.queue) == 1
+    monkeypatch.undo()
+    assert audit_store.flush() == 1
+    with db.read_session() as session:
+        chained = audit_store.verify(session)
+    assert chained.intact and chained.pending == 0 and chained.sealed >= 2
