@@ -117,20 +117,20 @@ class Pool:
     @classmethod
     def read(cls, connection: Connection, batch: Sequence[Features], ids: Sequence[str]) -> "Pool":
         keys = sorted({key for f in batch for key in blocking_keys(f)})
-        blocks: dict[str, list[int]] = {}
+        under: dict[str, list[int]] = {}  # key → record pks
         if keys:
             first = _first(connection, keys, BLOCK_LIMIT + 1)
             for key, record_pk in connection.execute(select(first.c.key, first.c.record_pk)):
-                blocks.setdefault(key, []).append(record_pk)
-        blocks = {key: pks for key, pks in blocks.items() if len(pks) <= BLOCK_LIMIT}
-        pks = {pk for found in blocks.values() for pk in found}
+                under.setdefault(key, []).append(record_pk)
+        under = {key: found for key, found in under.items() if len(found) <= BLOCK_LIMIT}
+        pks = {pk for found in under.values() for pk in found}
         rows = connection.execute(
             select(mpi_record.c.pk, mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.features).where(mpi_record.c.pk.in_(pks))
         ).all() if pks else []
         by_pk = {row.pk: row.patient_id for row in rows}
         records = {row.patient_id: (row.master_id, Features.from_json(orjson.loads(row.features))) for row in rows}
         distinct = _distinct(connection, list(ids), list(records)) if ids and records else set()
-        return cls({key: [by_pk[pk] for pk in found if pk in by_pk] for key, found in blocks.items()}, records,
+        return cls({key: [by_pk[pk] for pk in found if pk in by_pk] for key, found in under.items()}, records,
                    _shares(connection, batch), distinct)
 
     def score(self, f: Features, *, exclude: str | None = None) -> list[Candidate]:

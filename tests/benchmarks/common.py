@@ -91,6 +91,10 @@ class Server:
                 continue
         return total
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's processes (supervisor and workers)."""
+        return cpu_seconds(self.pids())
+
     def connections_per_worker(self) -> list[int]:
         """Established client connections held by each worker process (from `ss`), to read a figure by."""
         port = httpx.URL(self.url).port
@@ -230,6 +234,30 @@ def threaded_rate(work: Callable[[int], None], *, threads: int, seconds: float) 
     for thread in pool:
         thread.join()
     return LoadResult(latencies, time.perf_counter() - begin, 0)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes, from /proc (processes gone meanwhile count nothing)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL process on the machine (the server shares it with nothing else while a benchmark runs)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
+                found.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
 
 
 def mib(value: float) -> str:

@@ -26,7 +26,7 @@ import psycopg
 
 from app import db
 from app.auth import clients, smart
-from tests.benchmarks.common import ADMIN_URL, ROOT, http_load, id_card, qiao_server, scratch_database
+from tests.benchmarks.common import ADMIN_URL, ROOT, cpu_seconds, http_load, id_card, postgres_pids, qiao_server, scratch_database
 from tests.benchmarks.read_search import load, patient_id
 
 DATABASE = "qiao_bench_security"
@@ -77,12 +77,17 @@ def main() -> None:
     insecure = {"QIAO_AUTH": "false", "PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}"}
     results: dict[tuple[str, str, str], list[list[float]]] = {}
     rates: dict[str, float] = {}
+    cpu: dict[tuple[str, str], list[tuple[float, float]]] = {}  # per saturated run: (server, PostgreSQL) CPU per request
     for _ in range(args.rounds):
         for name, headers, env in (("without", {}, insecure), ("with", auth, {})):
             with qiao_server(database_url, workers=args.workers, env=env) as server:
                 for kind, paths in (("read", read_path), ("search", search_path)):
                     http_load(server.url, paths, clients=args.clients, seconds=2, headers=headers)  # warm-up
+                    before = server.cpu_seconds(), cpu_seconds(postgres_pids())
                     saturated = http_load(server.url, paths, clients=args.clients, seconds=args.seconds, headers=headers)
+                    requests = max(len(saturated.latencies), 1)
+                    cpu[(name, kind)] = cpu.get((name, kind), []) + [
+                        ((server.cpu_seconds() - before[0]) / requests, (cpu_seconds(postgres_pids()) - before[1]) / requests)]
                     rates.setdefault(kind, saturated.rate / 2)  # half the first insecure run's throughput
                     steady = http_load(server.url, paths, clients=args.clients, seconds=args.seconds, headers=headers, rate=rates[kind])
                     for mode, result in (("saturated", saturated), ("steady", steady)):
@@ -91,6 +96,9 @@ def main() -> None:
                         results.setdefault((name, kind, mode), []).append(sorted(result.latencies))
                         print(f"  {name:8} {mode:9} {result.line(kind)}")
 
+    for (name, kind), runs in sorted(cpu.items()):
+        print(f"  CPU per {kind} {name + ' security':17}: server " + ", ".join(f"{server * 1e6:.0f}" for server, _ in runs)
+              + " µs; PostgreSQL " + ", ".join(f"{database * 1e6:.0f}" for _, database in runs) + " µs (saturated runs)")
     for kind in ("read", "search"):
         for mode in ("saturated", "steady"):
             base = [x for run in results[("without", kind, mode)] for x in run]
