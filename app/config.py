@@ -65,6 +65,20 @@ class Settings(BaseSettings):
     subscription_error_after: int = 3
     #: The longest wait between retries of a failing delivery (seconds).
     subscription_max_backoff: int = 300
+    #: Bulk Data export: how often each server process looks for an export to run (seconds).
+    bulk_poll_seconds: float = 0.5
+    #: The Retry-After (seconds) an export's status answer asks for; polling twice as often is answered 429.
+    bulk_retry_after_seconds: int = 2
+    #: Exports one client may have queued or running at once; one more is refused with 429.
+    bulk_max_jobs_per_client: int = 3
+    #: Hours an export's files are kept after it completes (the manifest's Expires).
+    bulk_retention_hours: int = 24
+    #: Resources per ndjson file; a type with more is split into several files.
+    bulk_file_resources: int = 100_000
+    #: Resources read per query while exporting.
+    bulk_batch_size: int = 2_000
+    #: The longest an export waits for write transactions older than it to end before fixing its transactionTime.
+    bulk_settle_seconds: float = 30.0
 
     @property
     def effective_database_url(self) -> str:

@@ -5,8 +5,10 @@ any exception. Services flush when they need database-generated values; they nev
 """
 
 import hashlib
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, Table, create_engine, event, insert, text
@@ -152,6 +154,27 @@ def lock_keys(session: Session, keys: Iterable[str]) -> None:
     if numbers:
         # unnest yields the array in order, and the aggregate takes each lock as the row arrives
         session.execute(text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:ks AS bigint[])) AS k"), {"ks": numbers})
+
+
+def wait_for_writers(started: datetime, timeout: float) -> bool:
+    """Wait until every write transaction that began before `started` has ended (committed or not); False if some
+    were still open after `timeout` seconds. A point-in-time read (a bulk export) then sees every change whose
+    transaction began before it. SQLite: taking its one write lock is that wait."""
+    if get_engine().dialect.name != "postgresql":
+        with transaction() as session:
+            session.execute(text("SELECT 1"))
+        return True
+    deadline = time.monotonic() + timeout
+    with read_session() as session:
+        while True:
+            open_ = session.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend' AND state <> 'idle' AND xact_start < :started"), {"started": started})
+            if not open_:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
 
 
 def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:

@@ -11,6 +11,7 @@ QiaoError
 ├── PreconditionFailed (412)      stale If-Match, several conditional matches
 ├── Unprocessable (422)           valid FHIR that breaks a business rule (a referral without a reason)
 ├── PayloadTooLarge (413)
+├── TooManyRequests (429)         polled too often, too many exports at once (Retry-After)
 └── UnsupportedMediaType (415)
 """
 
@@ -87,3 +88,11 @@ class PayloadTooLarge(QiaoError):
 class UnsupportedMediaType(QiaoError):
     status, code = 415, "not-supported"
 
+
+
+class TooManyRequests(QiaoError):
+    status, code = 429, "throttled"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}

@@ -17,6 +17,8 @@ from app.auth import audit_store, audit_trail
 from app.auth import routes as auth_routes
 from app.auth.principal import Principal
 from app.auth.scopes import Scopes
+from app.bulk import routes as bulk_routes
+from app.bulk import worker as bulk_worker
 from app.config import get_settings
 from app.errors import Forbidden, Issue, QiaoError, Unauthorized
 from app.fhir import routes as fhir_routes
@@ -44,12 +46,15 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     deliverer = delivery.Worker()
     outbox.on_commit(deliverer.wake)
     deliverer.start()
+    exporter = bulk_worker.Worker()
+    exporter.start()
     listener = await mllp.serve(settings.mllp_host, settings.mllp_port, _mllp_message) if settings.mllp_port else None
     try:
         yield
     finally:
         if listener is not None:
             listener.close()
+        await anyio.to_thread.run_sync(exporter.stop)
         outbox.forget(deliverer.wake)
         await anyio.to_thread.run_sync(deliverer.stop)
         await anyio.to_thread.run_sync(writer.stop)
@@ -70,6 +75,7 @@ def create_app() -> FastAPI:
     app.include_router(auth_routes.router)  # before the FHIR routes: /fhir/auth/token is no resource type
     app.include_router(mpi_routes.router)  # before the FHIR routes: /fhir/Patient/$match is no resource id
     app.include_router(subscription_routes.router)  # likewise /fhir/Subscription/{id}/$status
+    app.include_router(bulk_routes.router)  # likewise /fhir/$export, /fhir/Group/{id}/$export and /fhir/bulk/…
     app.include_router(fhir_routes.router)
     app.include_router(ingest_routes.router)
     app.add_exception_handler(QiaoError, _qiao_error)

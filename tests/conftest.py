@@ -7,11 +7,15 @@ Tests commit for real (conditional create is tested under concurrency), and tabl
 
 import logging
 import os
+import tempfile
 
 os.environ.setdefault("QIAO_MLLP_PORT", "0")  # no MLLP listener in test apps, unless a test asks for one
+os.environ.setdefault("QIAO_BULK_POLL_SECONDS", "0.05")  # exports start at once
+os.environ.setdefault("QIAO_BULK_RETRY_AFTER_SECONDS", "0")  # and may be polled without waiting
+
+os.environ.setdefault("QIAO_DATA_DIR", tempfile.mkdtemp(prefix="qiao-test-data-"))  # export files
 
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +37,7 @@ from tests import builders
 POSTGRES_URL = os.environ.get("QIAO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("QIAO_TEST_REQUIRE_POSTGRES") == "1"
 TABLES = (
-    "subscription_event", "subscription_state", "referral_transition",
+    "bulk_patient", "bulk_file", "bulk_job", "subscription_event", "subscription_state", "referral_transition",
     "mpi_block", "mpi_record", "mpi_review", "mpi_distinct", "mpi_link_event", "inbound_message", "audit_chain", "audit_pending", "care_relation", "consent_denial", "auth_jti", "auth_client",
     "search_reference", "search_date", "search_string", "search_token", "resource_version", "resource",
 )

@@ -13,6 +13,7 @@ SOFTWARE_VERSION = "0.1.0"
 BACKPORT_IG = "http://hl7.org/fhir/uv/subscriptions-backport"
 BACKPORT_SERVER = f"{BACKPORT_IG}/CapabilityStatement/CapabilitySubscriptionServer"
 TOPIC_CANONICAL = f"{BACKPORT_IG}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
+BULK_IG = "http://hl7.org/fhir/uv/bulkdata"
 TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
 
 
@@ -41,9 +42,10 @@ def _statement() -> dict[str, Any]:
             }
         )
     _declare_subscriptions(rest_resources)
+    _declare_bulk_export(rest_resources)
     return {
         "resourceType": "CapabilityStatement",
-        "instantiates": [BACKPORT_SERVER],
+        "instantiates": [BACKPORT_SERVER, f"{BULK_IG}/CapabilityStatement/bulk-data"],
         "status": "active",
         "date": "2026-11-23",
         "kind": "instance",
@@ -60,6 +62,7 @@ def _statement() -> dict[str, Any]:
                 "resource": rest_resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
                 "searchParam": [{"name": "_count", "type": "number"}, {"name": "_sort", "type": "string"}],
+                "operation": [{"name": "export", "definition": f"{BULK_IG}/OperationDefinition/export"}],
             }
         ],
     }
@@ -74,6 +77,14 @@ def _declare_subscriptions(rest_resources: list[dict[str, Any]]) -> None:
     subscription["extension"] = [{"url": TOPIC_CANONICAL, "valueCanonical": url} for url in topics.TOPICS]
     subscription["operation"] = [{"name": name, "definition": f"{BACKPORT_IG}/OperationDefinition/backport-subscription-{name}"}
                                  for name in ("status", "events")]
+
+
+def _declare_bulk_export(rest_resources: list[dict[str, Any]]) -> None:
+    """Bulk Data Access v2: $export on Patient and Group (the system level is declared on `rest`)."""
+    for resource in rest_resources:
+        if resource["type"] in ("Patient", "Group"):
+            definition = f"{BULK_IG}/OperationDefinition/{resource['type'].lower()}-export"
+            resource.setdefault("operation", []).append({"name": "export", "definition": definition})
 
 
 def capability_statement(base: str) -> dict[str, Any]:

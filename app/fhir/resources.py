@@ -74,6 +74,18 @@ def element_names(resource_type: str) -> frozenset[str]:
     return frozenset(_aliases(cls)) if cls else frozenset()
 
 
+@cache
+def required_elements(resource_type: str) -> frozenset[str]:
+    """JSON names of the top-level elements a resource of this type must have (cardinality 1..)."""
+    cls = model_class(resource_type)
+    if cls is None:
+        return frozenset()
+    return frozenset(
+        field.alias or name for name, field in cls.model_fields.items()
+        if field.is_required() or (isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("element_required"))
+    )
+
+
 def _aliases(cls: Any) -> set[str]:
     return {field.alias or name for name, field in cls.model_fields.items()}
 

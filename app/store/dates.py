@@ -80,6 +80,11 @@ def instant(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def aware(moment: datetime) -> datetime:
+    """In UTC: SQLite returns naive datetimes (stored in UTC), PostgreSQL the session's zone."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def now() -> datetime:
     """Server time truncated to milliseconds, the precision meta.lastUpdated carries."""
     moment = datetime.now(UTC)

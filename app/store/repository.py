@@ -11,7 +11,7 @@ transaction; reads and searches are queued for the audit writer.
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -138,7 +138,7 @@ def _stored(row: Row[Any]) -> Stored:
         resource_type=row.res_type,
         resource_id=row.res_id,
         version_id=row.version_id,
-        last_updated=_aware(row.last_updated),
+        last_updated=dates.aware(row.last_updated),
         deleted=row.deleted,
         content=row.content,
         pk=row.resource_pk,
@@ -146,11 +146,6 @@ def _stored(row: Row[Any]) -> Stored:
         org=row._mapping.get("org"),
         patient=row._mapping.get("patient"),
     )
-
-
-def _aware(moment: datetime) -> datetime:
-    """In UTC: SQLite returns naive datetimes (stored in UTC), PostgreSQL the session's zone."""
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 _CURRENT_VERSION = and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id)
@@ -714,7 +709,7 @@ def history(
     _audit_access(principal, "history", page.entries, f"{resource_type or ''}/{resource_id or ''}/_history")
     if len(rows) > count and count > 0:
         last = rows[count - 1]
-        page.next_cursor = query.encode_cursor([_aware(last.last_updated), last.resource_pk, last.version_id])
+        page.next_cursor = query.encode_cursor([dates.aware(last.last_updated), last.resource_pk, last.version_id])
     return page
 
 

@@ -124,4 +124,4 @@ def test_the_capability_statement_declares_the_topics(client: TestClient) -> Non
     subscription = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
     assert TOPIC in [e["valueCanonical"] for e in subscription["extension"]]
     assert [o["name"] for o in subscription["operation"]] == ["status", "events"]
-    assert statement["instantiates"] == ["http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/CapabilitySubscriptionServer"]
+    assert "http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/CapabilitySubscriptionServer" in statement["instantiates"]
