@@ -123,14 +123,15 @@ class Export:
 
     def _types(self, session: Any) -> list[str]:
         """The requested types, or every type present (of the Patient compartment below system level) that the
-        client may read."""
+        client may read; the audit trail only when the token's scope names it."""
         if self.request.types:
             return self.request.types
         statement = select(resource.c.res_type).distinct()
         if self.request.level != SYSTEM:
             statement = statement.where(resource.c.patient.is_not(None))
         present = session.scalars(statement).all()
-        return sorted(t for t in present if policy.may(self.principal, t, "r"))
+        audit_trail = self.principal.scopes.allows_explicitly(policy.AUDIT_TYPE, "r")  # as in system history
+        return sorted(t for t in present if policy.may(self.principal, t, "r") and (t != policy.AUDIT_TYPE or audit_trail))
 
     def _export(self, kind: str, resource_type: str, previous: Any) -> None:
         after = previous.last_res_id if previous else ""
@@ -148,7 +149,7 @@ class Export:
                         rows = session.connection().execute(statement, params | {after_name: after, "limit": wanted}).all()
                     if rows:
                         after = rows[-1][0]
-                        count += self._write(out, kind, resource_type, rows)
+                        count += self._write(out, kind, resource_type, [row for row in rows if row[1]])
                     if len(rows) < wanted:
                         ended = True
                         break
@@ -171,15 +172,17 @@ class Export:
         return f"{self.written + in_file:,} resources written; {self.progress}"
 
     def _write(self, out: IO[bytes], kind: str, resource_type: str, rows: Sequence[Any]) -> int:
+        if not rows:
+            return 0
         if kind == "deleted":
             entries = [{"request": {"method": "DELETE", "url": f"{resource_type}/{row[0]}"}} for row in rows]
             out.write(orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}) + b"\n")
             return 1
         keep = self._kept_elements(resource_type)
         if keep is None:
-            out.write("".join(f"{row[1]}\n" for row in rows).encode())
+            out.write("".join(f"{row[2]}\n" for row in rows).encode())
         else:
-            out.write(b"".join(orjson.dumps(subset(orjson.loads(row[1]), keep)) + b"\n" for row in rows))
+            out.write(b"".join(orjson.dumps(subset(orjson.loads(row[2]), keep)) + b"\n" for row in rows))
         return len(rows)
 
     def _kept_elements(self, resource_type: str) -> frozenset[str] | None:
@@ -189,16 +192,15 @@ class Export:
         return frozenset(named) | resources.required_elements(resource_type) | {"resourceType", "id", "meta"}
 
     def _statement(self, kind: str, resource_type: str) -> tuple[Any, dict[str, Any], str]:
-        """The batch query: (res_id, content) of the version current at the transaction time, after an id."""
+        """The batch query: the next resources after an id (in the index's order, so a batch costs its own size),
+        each with whether its version current at the transaction time is exported, and that version's content.
+
+        Conditions on the version are in the join, not the WHERE: a batch then has a row per resource scanned, and
+        a short batch means the end of the type."""
         sql = query.Sql()
         at = sql.param(self.at, query.TIMESTAMP)
         after = sql.param("")
-        version = (f"CASE WHEN r.last_updated <= {at} THEN r.version_id ELSE (SELECT max(v2.version_id)"
-                   f" FROM resource_version v2 WHERE v2.resource_pk = r.pk AND v2.last_updated <= {at}) END")
-        where = [f"r.res_type = {sql.name(resource_type)}", f"r.res_id > {after}",
-                 "v.deleted = TRUE" if kind == "deleted" else "v.deleted = FALSE"]
-        if self.request.since:
-            where.append(f"v.last_updated > {sql.param(datetime.fromisoformat(self.request.since), query.TIMESTAMP)}")
+        where = [f"r.res_type = {sql.name(resource_type)}", f"r.res_id > {after}"]
         if self.request.level != SYSTEM:
             where.append("r.patient IS NOT NULL")
             if self.request.level == GROUP or self.request.patients:
@@ -209,10 +211,18 @@ class Export:
         visible = policy.visible_sql(sql, self.principal, "r", [resource_type])
         if visible:
             where.append(visible)
+        version = (f"CASE WHEN r.last_updated <= {at} THEN r.version_id ELSE (SELECT max(v2.version_id)"
+                   f" FROM resource_version v2 WHERE v2.resource_pk = r.pk AND v2.last_updated <= {at}) END")
+        joined = ["v.resource_pk = b.pk", "v.version_id = b.version_id",
+                  "v.deleted = TRUE" if kind == "deleted" else "v.deleted = FALSE"]
+        if self.request.since:
+            joined.append(f"v.last_updated > {sql.param(datetime.fromisoformat(self.request.since), query.TIMESTAMP)}")
         content = "NULL" if kind == "deleted" else "CAST(v.content AS TEXT)"
         statement = sql.statement(
-            f"SELECT r.res_id, {content} FROM resource r JOIN resource_version v ON v.resource_pk = r.pk AND v.version_id = {version}"
-            f" WHERE {' AND '.join(where)} ORDER BY r.res_id LIMIT :limit"
+            f"SELECT b.res_id, v.resource_pk IS NOT NULL, {content} FROM"
+            f" (SELECT r.pk, r.res_id, {version} AS version_id FROM resource r WHERE {' AND '.join(where)}"
+            f"  ORDER BY r.res_id LIMIT :limit) b"
+            f" LEFT JOIN resource_version v ON {' AND '.join(joined)} ORDER BY b.res_id"
         )
         return statement, dict(sql.params), after[1:]
 

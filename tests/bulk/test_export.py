@@ -83,6 +83,7 @@ def test_system_export_end_to_end(client: TestClient) -> None:
     assert sources(found["Patient"]) == {first, second}
     assert [o["id"] for o in found["Observation"]] == [observation]
     assert len(found["Organization"]) == 1
+    assert "AuditEvent" not in found  # the audit trail only for a scope that names it
 
 
 def test_patient_and_group_level_stay_in_the_compartment_and_the_group(client: TestClient) -> None:
