@@ -62,6 +62,10 @@ def run(job_id: str, stopping: threading.Event | None = None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         log.info("bulk.cancelled", extra=fields(job=job_id))
     except Exception as error:  # noqa: BLE001 - the job fails with a message; the client sees it when it polls
+        if _cancelled(job_id):  # a DELETE removed the folder under the file being written
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("bulk.cancelled", extra=fields(job=job_id))
+            return
         if isinstance(error, QiaoError):
             message = error.message
         else:
@@ -70,6 +74,11 @@ def run(job_id: str, stopping: threading.Event | None = None) -> None:
             log.error("bulk.failed", exc_info=error, extra=fields(job=job_id, reference=reference))
         with db.transaction() as session:
             jobs.finish(session, job_id, error=message)
+
+
+def _cancelled(job_id: str) -> bool:
+    with db.read_session() as session:
+        return bool(jobs.load(session, job_id).status == "cancelled")
 
 
 def _fix_transaction_time(job: Any) -> datetime:

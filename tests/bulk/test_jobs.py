@@ -137,3 +137,24 @@ def test_a_job_whose_process_keeps_dying_fails_with_a_clear_error(client: TestCl
 def test_fhir_json_is_what_a_posted_kick_off_takes(client: TestClient) -> None:
     refused = client.post("/fhir/$export", json={"resourceType": "Patient"}, headers={**ASYNC, **FHIR_JSON})
     assert refused.status_code == 400 and "Parameters" in refused.text
+
+
+def test_a_job_cancelled_while_it_writes_a_file_ends_cancelled_not_failed(app_engine: Engine, monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    with db.transaction() as session:
+        store.create(session, "Organization", {"resourceType": "Organization", "name": "中心"})
+    job_id = _job(params.ExportRequest(params.SYSTEM, types=["Organization"]))
+    write = export.Export._write
+
+    def cancel_then_write(self: export.Export, *args: Any) -> int:
+        with db.transaction() as session:
+            jobs.cancel(session, SYSTEM, job_id)  # deletes the folder under the file being written
+        return write(self, *args)
+
+    monkeypatch.setattr(export.Export, "_write", cancel_then_write)
+    export.run(job_id)
+    with db.read_session() as session:
+        job = jobs.load(session, job_id)
+    assert (job.status, job.error) == ("cancelled", None)
+    assert not jobs.directory(job_id).exists()
+    assert [r.message for r in caplog.records if r.name == "qiao.bulk"] == ["bulk.cancelled"]  # no error logged
