@@ -146,6 +146,7 @@ class Export:
         after = previous.last_res_id if previous else ""
         part = previous.part + 1 if previous else 1
         statement, params, after_name = self._statement(kind, resource_type)
+        keep = self._kept_elements(resource_type)
         ended = False
         while not ended:
             name = jobs.file_name(kind, resource_type, part)
@@ -158,19 +159,19 @@ class Export:
                         rows = session.connection().execute(statement, params | {after_name: after, "limit": wanted}).all()
                     if rows:
                         after = rows[-1][0]
-                        count += self._write(out, kind, resource_type, [row for row in rows if row[1]])
+                        count += self._write(out, kind, resource_type, [row for row in rows if row[1]], keep)
                     if len(rows) < wanted:
                         ended = True
                         break
                     if self.stopping.is_set():
                         raise Stopped(self.job.id)
                     with db.transaction() as session:
-                        jobs.renew(session, self.job.id, self.written + (count if kind == "output" else 0), self._progress(count))
+                        jobs.renew(session, self.job.id, self._progress(count if kind == "output" else 0))
             partial.replace(self.folder / name)
             if kind == "output":
                 self.written += count
             with db.transaction() as session:
-                jobs.renew(session, self.job.id, self.written, self._progress(0))
+                jobs.renew(session, self.job.id, self._progress(0))
                 session.execute(insert(bulk_file).values(job_id=self.job.id, kind=kind, res_type=resource_type, part=part,
                                                          resources=count, last_res_id=after or None, ends_type=ended))
             if not count:
@@ -180,14 +181,13 @@ class Export:
     def _progress(self, in_file: int) -> str:
         return f"{self.written + in_file:,} resources written; {self.progress}"
 
-    def _write(self, out: IO[bytes], kind: str, resource_type: str, rows: Sequence[Any]) -> int:
+    def _write(self, out: IO[bytes], kind: str, resource_type: str, rows: Sequence[Any], keep: frozenset[str] | None) -> int:
         if not rows:
             return 0
         if kind == "deleted":
             entries = [{"request": {"method": "DELETE", "url": f"{resource_type}/{row[0]}"}} for row in rows]
             out.write(orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}) + b"\n")
             return 1
-        keep = self._kept_elements(resource_type)
         if keep is None:
             out.write("".join(f"{row[2]}\n" for row in rows).encode())
         else:

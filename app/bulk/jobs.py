@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.auth import audit_trail, policy
 from app.auth import scopes as scope_syntax
 from app.auth.principal import Principal
+from app.auth.relations import reference_id
 from app.bulk import params
 from app.bulk.tables import bulk_file, bulk_job, bulk_patient
 from app.config import get_settings
@@ -27,7 +28,6 @@ from app.errors import Forbidden, InvalidRequest, NotFound, QiaoError, TooManyRe
 from app.mpi.tables import mpi_record
 from app.store import dates
 from app.store import repository as store
-from app.store.tables import resource
 
 ACTIVE = ("accepted", "running")
 LEASE_SECONDS = 60
@@ -64,7 +64,7 @@ def kick_off(session: Session, principal: Principal, request: params.ExportReque
     session.execute(insert(bulk_job).values(
         id=job_id, client_id=principal.client_id, org=principal.organization, access=principal.access,
         scope=str(principal.scopes), purpose=principal.purpose, request=url, params=request.to_json(),
-        requires_token=requires_token, status="accepted", created_at=now, attempts=0, written=0,
+        requires_token=requires_token, status="accepted", created_at=now, attempts=0,
     ))
     bulk_insert(session, bulk_patient, [{"job_id": job_id, "patient_id": p} for p in sorted(patients or ())])
     audit_trail.record(principal, "export", patients=request.patients, query=url)
@@ -96,8 +96,7 @@ def _residents(session: Session, request: params.ExportRequest) -> set[str] | No
         if not request.patients:
             return None
         members = set(request.patients)
-        known = set(session.scalars(select(resource.c.res_id).where(
-            resource.c.res_type == "Patient", resource.c.res_id.in_(members), resource.c.deleted.is_(False))))
+        known = {i for i, found in store.current_many(session, "Patient", members).items() if not found.deleted}
         if members - known:
             raise InvalidRequest(f"unknown patients: {', '.join('Patient/' + p for p in sorted(members - known))}",
                                  expression=["patient"])
@@ -110,9 +109,8 @@ def _members(group: dict[str, Any], reference: str) -> set[str]:
     for member in group.get("member") or []:
         if member.get("inactive"):
             continue
-        target = str((member.get("entity") or {}).get("reference") or "")
-        resource_type, _, member_id = target.split("/_history/")[0].rstrip("/").rpartition("/")
-        if resource_type.rpartition("/")[2] == "Patient" and member_id:
+        member_id = reference_id(member.get("entity"), "Patient")
+        if member_id:
             members.add(member_id)
     if not members:
         raise InvalidRequest(f"{reference} has no Patient members to export", expression=["Group.member"])
@@ -231,10 +229,10 @@ def load(session: Session, job_id: str) -> SimpleNamespace:
     return SimpleNamespace(**row._mapping)
 
 
-def renew(session: Session, job_id: str, written: int, progress: str) -> None:
+def renew(session: Session, job_id: str, progress: str) -> None:
     """Extend the lease and record progress; raise Cancelled if the job is no longer this worker's to run."""
     renewed = session.connection().execute(update(bulk_job).where(bulk_job.c.id == job_id, bulk_job.c.status == "running").values(
-        lease_until=dates.now() + timedelta(seconds=LEASE_SECONDS), written=written, progress=progress[:100])).rowcount
+        lease_until=dates.now() + timedelta(seconds=LEASE_SECONDS), progress=progress[:100])).rowcount
     if not renewed:
         raise Cancelled(job_id)
 

@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from app.auth.relations import reference_id
 from app.errors import InvalidRequest, Issue
 from app.fhir import resources
 from app.fhir import search as fhir_search
@@ -140,7 +141,7 @@ def _check_filter(resource_type: str, query_string: str) -> None:
 
 
 def _patient_id(reference: str) -> str:
-    resource_type, _, patient_id = reference.rstrip("/").rpartition("/")
-    if resource_type.rpartition("/")[2] != "Patient" or not patient_id:
+    patient_id = reference_id({"reference": reference}, "Patient")
+    if not patient_id:
         raise InvalidRequest(f"patient {reference!r} must be a reference to a Patient", expression=["patient"])
     return patient_id

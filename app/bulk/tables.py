@@ -29,7 +29,6 @@ bulk_job = Table(
     Column("attempts", Integer, nullable=False),
     Column("polled_at", DateTime(timezone=True), nullable=True),
     Column("progress", String(100), nullable=True),  # X-Progress
-    Column("written", Integer, nullable=False),
     Column("error", Text, nullable=True),
 )
 

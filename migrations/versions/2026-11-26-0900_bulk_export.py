@@ -37,7 +37,6 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("polled_at", moment, nullable=True),
         sa.Column("progress", sa.String(100), nullable=True),
-        sa.Column("written", sa.Integer, nullable=False),
         sa.Column("error", sa.Text, nullable=True),
     )
     op.create_index("ix_bulk_job_client_id", "bulk_job", ["client_id"])
