@@ -19,6 +19,7 @@ from app.auth.principal import Principal
 from app.auth.scopes import Scopes
 from app.bulk import routes as bulk_routes
 from app.bulk import worker as bulk_worker
+from app.cdc import routes as cdc_routes
 from app.config import get_settings
 from app.errors import Forbidden, Issue, QiaoError, Unauthorized
 from app.fhir import routes as fhir_routes
@@ -75,6 +76,7 @@ def create_app() -> FastAPI:
     app.include_router(auth_routes.router)  # before the FHIR routes: /fhir/auth/token is no resource type
     app.include_router(mpi_routes.router)  # before the FHIR routes: /fhir/Patient/$match is no resource id
     app.include_router(subscription_routes.router)  # likewise /fhir/Subscription/{id}/$status
+    app.include_router(cdc_routes.router)  # likewise /fhir/Group/hypertension-registry (composed when read)
     app.include_router(bulk_routes.router)  # likewise /fhir/$export, /fhir/Group/{id}/$export and /fhir/bulk/…
     app.include_router(fhir_routes.router)
     app.include_router(ingest_routes.router)

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -22,6 +23,7 @@ from app.auth.principal import Principal
 from app.auth.relations import reference_id
 from app.bulk import params
 from app.bulk.tables import bulk_file, bulk_job, bulk_patient
+from app.cdc import registries
 from app.config import get_settings
 from app.db import bulk_insert
 from app.errors import Forbidden, InvalidRequest, NotFound, QiaoError, TooManyRequests
@@ -59,7 +61,7 @@ def kick_off(session: Session, principal: Principal, request: params.ExportReque
         raise TooManyRequests(f"{settings.bulk_max_jobs_per_client} exports of this client are still running; wait for"
                               " one to finish or cancel it", retry_after=10 * max(settings.bulk_retry_after_seconds, 1))
     job_id = uuid.uuid4().hex
-    patients = _residents(session, request)
+    patients = _residents(session, principal, request)
     now = dates.now()
     session.execute(insert(bulk_job).values(
         id=job_id, client_id=principal.client_id, org=principal.organization, access=principal.access,
@@ -77,19 +79,26 @@ def _check_types(principal: Principal, request: params.ExportRequest) -> None:
         raise Forbidden(f"the token's scopes do not allow reading {', '.join(refused)} (needs system/<type>.r)", expression=["_type"])
 
 
-def _residents(session: Session, request: params.ExportRequest) -> set[str] | None:
+def _residents(session: Session, principal: Principal, request: params.ExportRequest) -> set[str] | None:
     """The Patient ids a patient- or group-level export may touch (None: every resident the client may see).
-    A Group's members that are master residents bring the source records linked to them."""
+    A Group's members that are master residents bring the source records linked to them; a registry's members are
+    those the client may see."""
     if request.level == params.SYSTEM:
         return None
     if request.level == params.GROUP:
         assert request.group_id is not None
-        group = store.read(session, "Group", request.group_id)
-        members = _members(store.content(session, "Group", request.group_id) or {}, group.reference)
+        registry = registries.REGISTRIES.get(request.group_id)
+        if registry is not None:
+            reference = f"Group/{registry.id}"
+            group = orjson.loads(registries.group(session, registry, principal).content or "{}")
+        else:
+            reference = store.read(session, "Group", request.group_id).reference
+            group = store.content(session, "Group", request.group_id) or {}
+        members = _members(group, reference)
         if request.patients:
             outside = sorted(set(request.patients) - members)
             if outside:
-                raise InvalidRequest(f"not members of {group.reference}: {', '.join('Patient/' + p for p in outside)}",
+                raise InvalidRequest(f"not members of {reference}: {', '.join('Patient/' + p for p in outside)}",
                                      expression=["patient"])
             members = set(request.patients)
     else:

@@ -21,9 +21,10 @@ import orjson
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
+from app.auth.principal import SYSTEM
 from app.mpi import features, id_number, names
 from app.mpi.tables import mpi_record
-from app.store import repository
+from app.store import repository, rules
 from app.store.tables import resource, resource_version
 
 MPI_SYSTEM = "urn:qiao:mpi"
@@ -57,7 +58,8 @@ def refresh(session: Session, master_ids: Iterable[str], *, replaced_by: dict[st
         else:
             content = None
         writes.append(repository.Write("Patient", master_id, "PUT" if content else "DELETE", content, found.get(master_id)))
-    repository.write_versions(session, writes)
+    written = repository.write_versions(session, writes)
+    rules.after(session, written, SYSTEM)  # what follows the master (its registry entries) follows it now
 
 
 Source = tuple[str, datetime, dict[str, Any], features.Features]  # id, last updated, content, the index's features

@@ -62,6 +62,10 @@ def token_values(value: Any) -> Iterator[tuple[str, str]]:
             yield value.get("system", ""), str(value["code"])
         elif "value" in value:
             yield value.get("system", ""), str(value["value"])
+        elif "url" in value:  # an extension: its value
+            for key, item in value.items():
+                if key.startswith("value"):
+                    yield from token_values(item)
 
 
 def string_values(value: Any) -> Iterator[str]:

@@ -11,12 +11,14 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from app.auth.relations import reference_id
+from app.cdc import registries
 from app.config import get_settings
 from app.errors import Unprocessable
 from app.store.indexing import index_rows, normalise
 from app.store.search_parameters import parameters_for
 
 REFERRAL = "urn:qiao:topic:referral"
+REGISTRY = "urn:qiao:topic:registry"
 REFERRAL_CATEGORY_CODE = "3457005"  # SNOMED CT: patient referral
 FOLLOW_UP = ("urn:qiao:task-code", "referral-follow-up")
 FILTERABLE = ("token", "reference", "string")
@@ -45,6 +47,9 @@ def _is_referral_traffic(content: dict[str, Any]) -> bool:
 TOPICS = {
     REFERRAL: Topic(REFERRAL, "Referral Tasks and ServiceRequests (and the follow-up Tasks they open): created or changed",
                     frozenset({"Task", "ServiceRequest"}), _is_referral_traffic),
+    REGISTRY: Topic(REGISTRY, "Registry entries (EpisodeOfCare of type urn:qiao:registry): a resident joined or left a "
+                    "chronic-disease registry, or their managing organization or district changed",
+                    frozenset({"EpisodeOfCare"}), registries.is_entry),
 }
 
 
