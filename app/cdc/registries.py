@@ -259,12 +259,19 @@ def _people(session: Session, masters: list[str]) -> dict[str, Person]:
                                                  .where(mpi_record.c.master_id.in_(masters))):
         owner[patient_id] = master_id
     people = {m: Person(m, [], [], [], {}) for m in masters}
+    # found by indexed look-ups on ids (the reference index, the type-and-id key), never by `resource.patient` and a
+    # type: during a district's initial load PostgreSQL's statistics lag, and it scanned every Patient for that
+    pks = list(session.scalars(select(search_reference.c.resource_pk).where(
+        search_reference.c.target_id.in_(list(owner)), search_reference.c.target_type == "Patient",
+        search_reference.c.param == "patient", search_reference.c.res_type.in_(("Condition", "EpisodeOfCare")))))
+    pks += session.scalars(select(resource.c.pk).where(resource.c.res_type == "Patient", resource.c.res_id.in_(list(owner))))
     rows = session.execute(
         select(resource.c.res_type, resource.c.patient, resource_version.c.content)
         .join(resource_version, and_(resource_version.c.resource_pk == resource.c.pk, resource_version.c.version_id == resource.c.version_id))
-        .where(resource.c.patient.in_(list(owner)), resource.c.res_type.in_(("Patient", "Condition", "EpisodeOfCare")),
-               resource.c.deleted.is_(False)))
+        .where(resource.c.pk.in_(pks), resource.c.deleted.is_(False)))
     for res_type, patient_id, text in rows:
+        if patient_id not in owner:
+            continue
         content = orjson.loads(text)
         person = people[owner[patient_id]]
         if res_type == "Patient":
