@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     resend_parser.add_argument("subscription_id")
     resend_parser.add_argument("--since", type=int, default=1, help="the first event number to send again (default 1)")
 
+    registries_parser = commands.add_parser("registries", help="chronic-disease registries")
+    registries_commands = registries_parser.add_subparsers(dest="registries_command", required=True)
+    registries_commands.add_parser("rebuild", help="derive every resident's registry entries again from their records")
+
     args = parser.parse_args(argv)
     settings = get_settings()
     qiao_logging.configure(settings.log_level)
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return list_messages(args) if args.messages_command == "list" else replay_messages(args.ids)
     if args.command == "subscriptions":
         return list_subscriptions() if args.subscriptions_command == "list" else replay_subscription(args.subscription_id, args.since)
+    if args.command == "registries":
+        return rebuild_registries()
     return 0
 
 
@@ -226,10 +232,6 @@ def replay_messages(ids: list[int]) -> int:
     return 1 if failures else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def list_subscriptions() -> int:
     from app import db
     from app.subscriptions import service
@@ -254,3 +256,15 @@ def replay_subscription(subscription_id: str, since: int) -> int:
         return 2
     print(f"{subscription_id}\t{pending} events pending; a running server sends them")
     return 0
+
+
+def rebuild_registries() -> int:
+    from app.cdc import registries
+
+    seen, written = registries.rebuild()
+    print(f"residents {seen} entries-written {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

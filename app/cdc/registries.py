@@ -226,13 +226,13 @@ def _home_district(patients: Sequence[dict[str, Any]]) -> str | None:
 # --- keeping entries current ------------------------------------------------------------------------------------
 
 
-def refresh(session: Session, master_ids: Iterable[str]) -> None:
-    """Rewrite the registry entries of these masters from their records (those that changed). Each master's key is
-    locked first, so that two transactions changing one resident's records derive its entries one after the other,
-    the second seeing what the first committed."""
+def refresh(session: Session, master_ids: Iterable[str]) -> int:
+    """Rewrite the registry entries of these masters from their records (those that changed); how many. Each
+    master's key is locked first, so that two transactions changing one resident's records derive its entries one
+    after the other, the second seeing what the first committed."""
     masters = sorted(set(master_ids))
     if not masters:
-        return
+        return 0
     lock_keys(session, [f"registry:{m}" for m in masters])
     people = _people(session, masters)
     organizations = _organizations(session, {
@@ -250,6 +250,26 @@ def refresh(session: Session, master_ids: Iterable[str]) -> None:
     found = store.current_many(session, "EpisodeOfCare", list(changed)) if changed else {}
     store.apply(session, [store.Write("EpisodeOfCare", entry_id_, "PUT" if entry_id_ in found else "POST", content, found.get(entry_id_))
                           for entry_id_, content in changed.items()], authorized=True)
+    return len(changed)
+
+
+def rebuild(batch_size: int = 500) -> tuple[int, int]:
+    """Derive every resident's entries again: for data loaded before registries existed, or after a change of
+    these rules. Batches of masters in id order, each its own transaction, so a long run holds no long lock and
+    can be stopped and run again. (residents seen, entries written)"""
+    from app import db
+
+    seen = written = 0
+    after = ""
+    while True:
+        with db.transaction() as session:
+            masters = list(session.scalars(select(mpi_record.c.master_id).where(mpi_record.c.master_id > after)
+                                           .group_by(mpi_record.c.master_id).order_by(mpi_record.c.master_id).limit(batch_size)))
+            if not masters:
+                return seen, written
+            written += refresh(session, masters)
+        seen += len(masters)
+        after = masters[-1]
 
 
 def _people(session: Session, masters: list[str]) -> dict[str, Person]:
@@ -259,8 +279,9 @@ def _people(session: Session, masters: list[str]) -> dict[str, Person]:
                                                  .where(mpi_record.c.master_id.in_(masters))):
         owner[patient_id] = master_id
     people = {m: Person(m, [], [], [], {}) for m in masters}
-    # found by indexed look-ups on ids (the reference index, the type-and-id key), never by `resource.patient` and a
-    # type: during a district's initial load PostgreSQL's statistics lag, and it scanned every Patient for that
+    # found by indexed look-ups on ids (the reference index, the type-and-id key), never by `resource.patient` with
+    # the resource types, for which PostgreSQL, its statistics lagging during a district's initial load, scanned
+    # every Patient
     pks = list(session.scalars(select(search_reference.c.resource_pk).where(
         search_reference.c.target_id.in_(list(owner)), search_reference.c.target_type == "Patient",
         search_reference.c.param == "patient", search_reference.c.res_type.in_(("Condition", "EpisodeOfCare")))))

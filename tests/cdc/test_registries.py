@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app import cli
 from app.cdc import registries
 from app.cdc.registries import DISTRICT_URL, MANAGING_URL
 from app.store import dates
@@ -217,3 +218,20 @@ def test_a_registry_exports_its_members_and_their_records(client: TestClient, ce
     assert {p["id"] for p in exported["Patient"]} == {master, sources[0]["id"], sources[1]["id"]}
     assert {e["id"] for e in exported["EpisodeOfCare"]} >= {f"hypertension-registry-{master}"}
     assert len(exported["Condition"]) == 1
+
+
+def test_rebuild_derives_the_entries_of_records_loaded_before_registries(
+        client: TestClient, centres: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    with monkeypatch.context() as before_registries:
+        before_registries.setattr(registries, "refresh", lambda *_args: 0)
+        resident = post(client, patient("郑", "红", id_card=id_card(WEST_LAKE, "19580202", "029"), gender="female"))
+        post(client, condition(resident["id"], "E11"))
+        post(client, enrolment(resident["id"], "chc-1", "2024-05-01", "t2dm"))
+        post(client, patient("冯", "军"))
+    assert members(client, "t2dm-registry") == {}
+
+    assert cli.main(["registries", "rebuild"]) == 0
+    assert capsys.readouterr().out.split() == ["residents", "2", "entries-written", "1"]
+    assert list(members(client, "t2dm-registry")) == [master_of(client, resident["id"])]
+    assert cli.main(["registries", "rebuild"]) == 0
+    assert capsys.readouterr().out.split() == ["residents", "2", "entries-written", "0"]  # idempotent
