@@ -13,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import orjson
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -27,7 +26,7 @@ from app.cdc import registries
 from app.config import get_settings
 from app.db import bulk_insert
 from app.errors import Forbidden, InvalidRequest, NotFound, QiaoError, TooManyRequests
-from app.mpi.tables import mpi_record
+from app.mpi import index
 from app.store import dates
 from app.store import repository as store
 
@@ -90,11 +89,12 @@ def _residents(session: Session, principal: Principal, request: params.ExportReq
         registry = registries.REGISTRIES.get(request.group_id)
         if registry is not None:
             reference = f"Group/{registry.id}"
-            group = orjson.loads(registries.group(session, registry, principal).content or "{}")
+            members = {m.patient_id for m in registries.members(session, registry, principal)}
         else:
             reference = store.read(session, "Group", request.group_id).reference
-            group = store.content(session, "Group", request.group_id) or {}
-        members = _members(group, reference)
+            members = _members(store.content(session, "Group", request.group_id) or {})
+        if not members:
+            raise InvalidRequest(f"{reference} has no Patient members to export", expression=["Group.member"])
         if request.patients:
             outside = sorted(set(request.patients) - members)
             if outside:
@@ -109,11 +109,10 @@ def _residents(session: Session, principal: Principal, request: params.ExportReq
         if members - known:
             raise InvalidRequest(f"unknown patients: {', '.join('Patient/' + p for p in sorted(members - known))}",
                                  expression=["patient"])
-    linked = session.scalars(select(mpi_record.c.patient_id).where(mpi_record.c.master_id.in_(members)))
-    return members | set(linked)
+    return members | set(index.sources(session, members))
 
 
-def _members(group: dict[str, Any], reference: str) -> set[str]:
+def _members(group: dict[str, Any]) -> set[str]:
     members = set()
     for member in group.get("member") or []:
         if member.get("inactive"):
@@ -121,8 +120,6 @@ def _members(group: dict[str, Any], reference: str) -> set[str]:
         member_id = reference_id(member.get("entity"), "Patient")
         if member_id:
             members.add(member_id)
-    if not members:
-        raise InvalidRequest(f"{reference} has no Patient members to export", expression=["Group.member"])
     return members
 
 

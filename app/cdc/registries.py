@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import policy
@@ -31,7 +31,7 @@ from app.auth.relations import reference_id
 from app.config import get_settings
 from app.db import lock_keys
 from app.errors import Forbidden
-from app.mpi.tables import mpi_record
+from app.mpi import golden, index
 from app.store import dates, query
 from app.store import repository as store
 from app.store.rules import WriteRule
@@ -263,8 +263,7 @@ def rebuild(batch_size: int = 500) -> tuple[int, int]:
     after = ""
     while True:
         with db.transaction() as session:
-            masters = list(session.scalars(select(mpi_record.c.master_id).where(mpi_record.c.master_id > after)
-                                           .group_by(mpi_record.c.master_id).order_by(mpi_record.c.master_id).limit(batch_size)))
+            masters = index.masters_after(session, after, batch_size)
             if not masters:
                 return seen, written
             written += refresh(session, masters)
@@ -274,10 +273,7 @@ def rebuild(batch_size: int = 500) -> tuple[int, int]:
 
 def _people(session: Session, masters: list[str]) -> dict[str, Person]:
     """Each master's records: its Patients (master and sources), Conditions, enrolments and registry entries."""
-    owner = {m: m for m in masters}
-    for patient_id, master_id in session.execute(select(mpi_record.c.patient_id, mpi_record.c.master_id)
-                                                 .where(mpi_record.c.master_id.in_(masters))):
-        owner[patient_id] = master_id
+    owner = {m: m for m in masters} | index.sources(session, masters)
     people = {m: Person(m, [], [], [], {}) for m in masters}
     # found by indexed look-ups on ids (the reference index, the type-and-id key), never by `resource.patient` with
     # the resource types, for which PostgreSQL, its statistics lagging during a district's initial load, scanned
@@ -288,8 +284,7 @@ def _people(session: Session, masters: list[str]) -> dict[str, Person]:
     pks += session.scalars(select(resource.c.pk).where(resource.c.res_type == "Patient", resource.c.res_id.in_(list(owner))))
     rows = session.execute(
         select(resource.c.res_type, resource.c.patient, resource_version.c.content)
-        .join(resource_version, and_(resource_version.c.resource_pk == resource.c.pk, resource_version.c.version_id == resource.c.version_id))
-        .where(resource.c.pk.in_(pks), resource.c.deleted.is_(False)))
+        .join(resource_version, store.CURRENT_VERSION).where(resource.c.pk.in_(pks), resource.c.deleted.is_(False)))
     for res_type, patient_id, text in rows:
         if patient_id not in owner:
             continue
@@ -310,25 +305,9 @@ def _organizations(session: Session, ids: set[str]) -> dict[str, dict[str, Any]]
     if not ids:
         return {}
     rows = session.execute(
-        select(resource_version.c.res_id, resource_version.c.content)
-        .join(resource, and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id))
+        select(resource_version.c.res_id, resource_version.c.content).join(resource, store.CURRENT_VERSION)
         .where(resource.c.res_type == "Organization", resource.c.res_id.in_(ids), resource.c.deleted.is_(False)))
     return {res_id: orjson.loads(text) for res_id, text in rows}
-
-
-def masters_of(session: Session, patient_ids: Iterable[str]) -> set[str]:
-    """The master residents these Patients are (masters) or belong to (sources)."""
-    ids = set(patient_ids)
-    if not ids:
-        return set()
-    masters = set()
-    for patient_id, master_id in session.execute(
-            select(mpi_record.c.patient_id, mpi_record.c.master_id).where(mpi_record.c.patient_id.in_(ids))):
-        masters.add(master_id)
-        ids.discard(patient_id)
-    if ids:
-        masters |= set(session.scalars(select(mpi_record.c.master_id).where(mpi_record.c.master_id.in_(ids)).distinct()))
-    return masters
 
 
 def managed_by(session: Session, org_ids: Iterable[str]) -> set[str]:
@@ -373,20 +352,14 @@ def after(session: Session, written: Sequence[Any], _principal: Principal) -> No
             organizations.add(stored.resource_id)
         elif stored.resource_type == "Patient":
             content = orjson.loads(stored.content) if stored.content else None
-            if content is None or _is_master(content):
+            if content is None or golden.is_master(content):
                 masters.add(stored.resource_id)
         elif stored.patient and not (stored.resource_type == "EpisodeOfCare" and _entry_name(stored.resource_id)):
             patients.add(stored.patient)
-    masters |= masters_of(session, patients)
+    masters |= index.masters_of(session, patients)
     if organizations:
         masters |= managed_by(session, organizations)
     refresh(session, masters)
-
-
-def _is_master(content: dict[str, Any]) -> bool:
-    from app.mpi import golden
-
-    return golden.is_master(content)
 
 
 RULE = WriteRule(frozenset({"Condition", "EpisodeOfCare", "Patient", "Organization", "Group"}), check=guard, after=after)
@@ -408,6 +381,7 @@ class Member:
 
 def members(session: Session, registry: Registry, principal: Principal) -> list[Member]:
     """The registry's active members the principal may see (the institution policy, as on any read)."""
+    policy.require(principal, "Group", "r")
     sql = query.Sql()
     where = ["t.res_type = 'EpisodeOfCare'", "t.param = 'type'", f"t.system = {sql.constant(REGISTRY_SYSTEM)}",
              f"t.code = {sql.param(registry.id)}", "r.deleted = FALSE"]
@@ -435,7 +409,6 @@ def group(session: Session, registry: Registry, principal: Principal) -> store.S
     """The registry as a Group of master residents, each with its managing organization and district. Composed from
     the entries when read (a stored Group would be rewritten whole at every change of any member): its versionId
     counts the changes of its entries, so it moves whenever the membership does."""
-    policy.require(principal, "Group", "r")
     found = members(session, registry, principal)
     changed = max((m.last_updated for m in found), default=dates.now())
     version = sum(m.version_id for m in found) or 1

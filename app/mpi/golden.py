@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.principal import SYSTEM
@@ -44,6 +44,8 @@ def refresh(session: Session, master_ids: Iterable[str], *, replaced_by: dict[st
     into another (`replaced_by`), kept inactive with a `replaced-by` link so that references to it still resolve."""
     replaced_by = replaced_by or {}
     masters = sorted(set(master_ids))
+    if not masters:
+        return
     sources = _sources(session, masters)
     found = repository.current_many(session, "Patient", masters, lock=True)
     writes = []
@@ -77,7 +79,7 @@ def _sources(session: Session, master_ids: list[str]) -> dict[str, list[Source]]
         return {}
     rows = connection.execute(
         select(resource.c.res_id, resource.c.last_updated, resource_version.c.content)
-        .join(resource_version, and_(resource_version.c.resource_pk == resource.c.pk, resource_version.c.version_id == resource.c.version_id))
+        .join(resource_version, repository.CURRENT_VERSION)
         .where(resource.c.res_type == "Patient", resource.c.res_id.in_(records), resource.c.deleted.is_(False))
     ).all()
     found: dict[str, list[Source]] = {}

@@ -148,11 +148,11 @@ def _stored(row: Row[Any]) -> Stored:
     )
 
 
-_CURRENT_VERSION = and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id)
+CURRENT_VERSION = and_(resource.c.pk == resource_version.c.resource_pk, resource.c.version_id == resource_version.c.version_id)
 # Statements of fixed shape are built once: building a statement costs several times more than running it.
 _READ = (
     select(*_VERSION_COLUMNS, *_OWNER_COLUMNS)
-    .join(resource, _CURRENT_VERSION)
+    .join(resource, CURRENT_VERSION)
     .where(resource.c.res_type == bindparam("rtype"), resource.c.res_id == bindparam("rid"))
 )
 _VREAD = select(*_VERSION_COLUMNS, *_OWNER_COLUMNS).join(resource, resource.c.pk == resource_version.c.resource_pk).where(
@@ -248,7 +248,7 @@ def current_many(session: Session, resource_type: str, resource_ids: Iterable[st
 def content(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
     """The current version's JSON, unchecked and unaudited: for the server's own rules, never for a client."""
     text = session.connection().scalar(
-        select(resource_version.c.content).join(resource, _CURRENT_VERSION)
+        select(resource_version.c.content).join(resource, CURRENT_VERSION)
         .where(resource.c.res_type == resource_type, resource.c.res_id == resource_id)
     )
     return orjson.loads(text) if text else None
@@ -647,7 +647,7 @@ def _included(session: Session, principal: Principal, request: SearchRequest, ma
         return []
     rows = session.connection().execute(
         select(*_VERSION_COLUMNS, *_OWNER_COLUMNS)
-        .join(resource, _CURRENT_VERSION)
+        .join(resource, CURRENT_VERSION)
         .where(resource.c.pk.in_(sorted(pks)[:MAX_INCLUDES]), resource.c.deleted == false())
         .order_by(resource.c.pk)
     ).all()
