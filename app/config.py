@@ -3,6 +3,7 @@
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +80,16 @@ class Settings(BaseSettings):
     bulk_batch_size: int = 2_000
     #: The longest an export waits for write transactions older than it to end before fixing its transactionTime.
     bulk_settle_seconds: float = 30.0
+
+    #: Quality indicators (DOMAIN §5, open points of the national text): a managed resident without a reading in the
+    #: period (失访) counts as not controlled; off: left out of the control rate's denominator.
+    indicator_lost_is_uncontrolled: bool = True
+    #: Blood pressure of residents aged 65 and over is controlled below 150/90 (else 140/90 for everyone).
+    indicator_elderly_bp: bool = True
+    #: The follow-up whose reading decides control: `with-reading` (the latest that has one) or `any` (the latest).
+    indicator_latest: Literal["with-reading", "any"] = "with-reading"
+    #: Face-to-face follow-ups a year that make management standard (规范管理); pro rata for other periods.
+    indicator_face_to_face_per_year: int = 4
 
     @property
     def effective_database_url(self) -> str:

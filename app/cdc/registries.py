@@ -128,11 +128,11 @@ def entry(registry: Registry, person: Person, organizations: dict[str, dict[str,
     else:
         managing = max(enrolments, key=lambda e: (_span_of(e)[1] or now, _span_of(e)[0]))
     org_id = reference_id(managing.get("managingOrganization"), "Organization")
-    district = _district(organizations.get(org_id or "")) or _home_district(person.patients)
+    division = district_of(organizations.get(org_id or "")) or _home_district(person.patients)
     active = any(_covers(span, now) for span in spans)
     content: dict[str, Any] = {"resourceType": "EpisodeOfCare", "id": entry_id(registry, person.master_id)}
-    if district:
-        content["extension"] = [{"url": DISTRICT_URL, "valueCode": district}]
+    if division:
+        content["extension"] = [{"url": DISTRICT_URL, "valueCode": division}]
     content |= {
         "status": "active" if active else "finished",
         "statusHistory": [{"status": "active", "period": _period(span)} for span in spans],
@@ -204,7 +204,7 @@ def _death(patients: Iterable[dict[str, Any]]) -> datetime | None:
     return min(known) if known else None
 
 
-def _district(holder: dict[str, Any] | None) -> str | None:
+def district_of(holder: dict[str, Any] | None) -> str | None:
     """The GB/T 2260 county code (6 digits) of the first address carrying an administrative division."""
     for address in (holder or {}).get("address") or []:
         for extension in address.get("extension") or []:
@@ -217,10 +217,29 @@ def _district(holder: dict[str, Any] | None) -> str | None:
 
 def _home_district(patients: Sequence[dict[str, Any]]) -> str | None:
     for patient in sorted(patients, key=lambda p: (p.get("meta") or {}).get("lastUpdated") or "", reverse=True):
-        found = _district(patient)
+        found = district_of(patient)
         if found:
             return found
     return None
+
+
+def spans(entry_: dict[str, Any]) -> list[Span]:
+    """An entry's spans of management (its statusHistory)."""
+    found = []
+    for item in entry_.get("statusHistory") or []:
+        period = item.get("period") or {}
+        start = _instant(period.get("start"))
+        if start is not None:
+            found.append((start, _instant(period.get("end"))))
+    return found
+
+
+def managing_organization(entry_: dict[str, Any]) -> str | None:
+    return reference_id(entry_.get("managingOrganization"), "Organization")
+
+
+def district(entry_: dict[str, Any]) -> str | None:
+    return next((e.get("valueCode") for e in entry_.get("extension") or [] if e.get("url") == DISTRICT_URL), None)
 
 
 # --- keeping entries current ------------------------------------------------------------------------------------
@@ -398,10 +417,8 @@ def members(session: Session, registry: Registry, principal: Principal) -> list[
         content = orjson.loads(text)
         if content.get("status") != "active":
             continue
-        found.append(Member(res_id, patient_id, (content.get("period") or {}).get("start"),
-                            reference_id(content.get("managingOrganization"), "Organization"),
-                            next((e.get("valueCode") for e in content.get("extension") or [] if e.get("url") == DISTRICT_URL), None),
-                            dates.aware(last_updated), version_id))
+        found.append(Member(res_id, patient_id, (content.get("period") or {}).get("start"), managing_organization(content),
+                            district(content), dates.aware(last_updated), version_id))
     return found
 
 

@@ -43,6 +43,7 @@ def _statement() -> dict[str, Any]:
         )
     _declare_subscriptions(rest_resources)
     _declare_bulk_export(rest_resources)
+    _declare_measures(rest_resources)
     return {
         "resourceType": "CapabilityStatement",
         "instantiates": [BACKPORT_SERVER, f"{BULK_IG}/CapabilityStatement/bulk-data"],
@@ -85,6 +86,15 @@ def _declare_bulk_export(rest_resources: list[dict[str, Any]]) -> None:
         if resource["type"] in ("Patient", "Group"):
             definition = f"{BULK_IG}/OperationDefinition/{resource['type'].lower()}-export"
             resource.setdefault("operation", []).append({"name": "export", "definition": definition})
+
+
+def _declare_measures(rest_resources: list[dict[str, Any]]) -> None:
+    """Measures are Qiao's indicators: read, listed and evaluated, never written."""
+    measure = next(r for r in rest_resources if r["type"] == "Measure")
+    measure["interaction"] = [{"code": "read"}, {"code": "search-type"}]
+    for element in ("versioning", "readHistory", "updateCreate", "conditionalCreate", "conditionalUpdate", "conditionalDelete"):
+        measure.pop(element, None)
+    measure["operation"] = [{"name": "evaluate-measure", "definition": "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure"}]
 
 
 def capability_statement(base: str) -> dict[str, Any]:

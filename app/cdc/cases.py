@@ -1,0 +1,22 @@
+"""A case: one subject of an indicator (a resident, a referral), where it counts and the populations it is in, so
+that a summary counts cases and a subject list names them from the same evaluation."""
+
+from dataclasses import dataclass
+
+INITIAL, DENOMINATOR, EXCLUSION, NUMERATOR = "initial-population", "denominator", "denominator-exclusion", "numerator"
+POPULATIONS = (INITIAL, DENOMINATOR, EXCLUSION, NUMERATOR)
+
+
+@dataclass(frozen=True)
+class Case:
+    subject: str  # a reference: Patient/{master} or Task/{id}
+    organization: str | None
+    district: str | None
+    populations: frozenset[str]
+
+
+def case(subject: str, organization: str | None, district: str | None, *, counted: bool, met: bool) -> Case:
+    """In the initial population; then in the denominator (and the numerator when `met`), or excluded from it."""
+    if not counted:
+        return Case(subject, organization, district, frozenset({INITIAL, EXCLUSION}))
+    return Case(subject, organization, district, frozenset({INITIAL, DENOMINATOR} | ({NUMERATOR} if met else set())))

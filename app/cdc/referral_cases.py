@@ -1,0 +1,135 @@
+"""The referral indicators' cases, from the referral workflow's Tasks and their trail of moves:
+
+- referral-closed-loop-rate: upward referrals sent in the period (their first move to `requested`); closed when the
+  hospital has completed the Task (its outcome came back) and the community has completed the follow-up the
+  referral opened (基本公卫: 2周内主动随访转诊情况). Counted under the referring organization, as things stand when
+  evaluated.
+- followup-completion-rate: referral follow-up Tasks opened in the period; done when completed by their due date
+  (`restriction.period.end`). One still open and not yet due when evaluated is not yet countable (excluded).
+"""
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy.orm import Session
+
+from app.auth import policy
+from app.auth.principal import Principal
+from app.auth.relations import reference_id
+from app.cdc import population, registries
+from app.cdc.cases import Case, case
+from app.cdc.population import Period
+from app.config import get_settings
+from app.referrals import workflow
+from app.store import dates, query
+from app.store.query import Sql
+
+DONE = "completed"
+
+
+def closed_loop(session: Session, period: Period, principal: Principal) -> list[Case]:
+    sql = Sql()
+    start, end = sql.param(period.start, query.TIMESTAMP), sql.param(period.end, query.TIMESTAMP)
+    where = ["r.res_type = 'Task'", "r.deleted = FALSE",
+             "r.res_id IN (SELECT x.task_id FROM referral_transition x WHERE x.to_stage = 'requested' GROUP BY x.task_id"
+             f" HAVING MIN(x.at) >= {start} AND MIN(x.at) < {end})",
+             "EXISTS (SELECT 1 FROM search_reference f JOIN resource s ON s.res_type = 'ServiceRequest' AND s.res_id = f.target_id"
+             " JOIN search_token c ON c.resource_pk = s.pk AND c.res_type = 'ServiceRequest' AND c.param = 'category'"
+             f"  AND c.system = {sql.constant(workflow.DIRECTION_SYSTEM)} AND c.code = 'upward'"
+             " WHERE f.resource_pk = r.pk AND f.res_type = 'Task' AND f.param = 'focus' AND f.target_type = 'ServiceRequest')"]
+    referrals = _tasks(session, sql, where, principal)
+    follow_ups: dict[str, list[dict[str, Any]]] = {}
+    for task in _parts(session, list(referrals)):
+        for parent in task.get("partOf") or []:
+            follow_ups.setdefault(reference_id(parent, "Task") or "", []).append(task)
+    places = _places(session, (reference_id(t.get("requester"), "Organization") for t in referrals.values()))
+    cases = []
+    for task_id, task in referrals.items():
+        mine = [f for f in follow_ups.get(task_id, []) if f.get("status") not in ("cancelled", "entered-in-error")]
+        closed = task.get("status") == DONE and bool(mine) and all(f.get("status") == DONE for f in mine)
+        org = reference_id(task.get("requester"), "Organization")
+        cases.append(case(f"Task/{task_id}", org, places.get(org or ""), counted=True, met=closed))
+    return cases
+
+
+def followup_completion(session: Session, period: Period, principal: Principal) -> list[Case]:
+    sql = Sql()
+    start, end = sql.param(dates.micros(period.start)), sql.param(dates.micros(period.end))
+    where = ["r.res_type = 'Task'", "r.deleted = FALSE",
+             "EXISTS (SELECT 1 FROM search_token k WHERE k.resource_pk = r.pk AND k.res_type = 'Task' AND k.param = 'code'"
+             f" AND k.system = {sql.constant(workflow.TASK_CODE_SYSTEM)} AND k.code = {sql.param(workflow.FOLLOW_UP)})",
+             "EXISTS (SELECT 1 FROM search_date a WHERE a.resource_pk = r.pk AND a.res_type = 'Task' AND a.param = 'authored-on'"
+             f" AND a.low >= {start} AND a.low < {end})"]
+    tasks = _tasks(session, sql, where, principal)
+    places = _places(session, (reference_id(t.get("owner"), "Organization") for t in tasks.values()))
+    now = dates.now()
+    cases = []
+    for task_id, task in tasks.items():
+        if task.get("status") in ("cancelled", "entered-in-error"):
+            continue
+        due = _moment(((task.get("restriction") or {}).get("period") or {}).get("end"))
+        done_at = _completed_at(task)
+        org = reference_id(task.get("owner"), "Organization")
+        on_time = done_at is not None and (due is None or done_at <= due)
+        countable = done_at is not None or due is None or due <= now
+        cases.append(case(f"Task/{task_id}", org, places.get(org or ""), counted=countable, met=on_time))
+    return cases
+
+
+def _tasks(session: Session, sql: Sql, where: list[str], principal: Principal) -> dict[str, dict[str, Any]]:
+    policy.require(principal, "Task", "r")
+    visible = policy.visible_sql(sql, principal, "r", ["Task"])
+    if visible:
+        where = [*where, visible]
+    rows = session.execute(sql.statement(
+        "SELECT r.res_id, CAST(v.content AS TEXT) FROM resource r"
+        " JOIN resource_version v ON v.resource_pk = r.pk AND v.version_id = r.version_id"
+        f" WHERE {' AND '.join(where)}"), sql.params)
+    return {res_id: orjson.loads(text) for res_id, text in rows}
+
+
+def _parts(session: Session, task_ids: list[str]) -> list[dict[str, Any]]:
+    """The follow-up Tasks that are part of these referrals."""
+    found = []
+    for at in range(0, len(task_ids), population.CHUNK):
+        sql = Sql()
+        ids = ", ".join(sql.param(t) for t in task_ids[at:at + population.CHUNK])
+        rows = session.execute(sql.statement(
+            "SELECT CAST(v.content AS TEXT) FROM search_reference p JOIN resource r ON r.pk = p.resource_pk"
+            " JOIN resource_version v ON v.resource_pk = r.pk AND v.version_id = r.version_id"
+            f" WHERE p.res_type = 'Task' AND p.param = 'part-of' AND p.target_type = 'Task' AND p.target_id IN ({ids})"
+            " AND r.deleted = FALSE"), sql.params)
+        for (text,) in rows:
+            task = orjson.loads(text)
+            if any(c.get("system") == workflow.TASK_CODE_SYSTEM and c.get("code") == workflow.FOLLOW_UP
+                   for c in (task.get("code") or {}).get("coding") or []):
+                found.append(task)
+    return found
+
+
+def _places(session: Session, org_ids: Iterable[str | None]) -> dict[str, str | None]:
+    """Each organization's GB/T 2260 district."""
+    found = population.organizations(session, {o for o in org_ids if o})
+    return {org_id: registries.district_of(content) for org_id, content in found.items()}
+
+
+def _completed_at(task: dict[str, Any]) -> datetime | None:
+    """When a completed Task was done: the end of its execution, else its last modification, else when stored."""
+    if task.get("status") != DONE:
+        return None
+    for value in ((task.get("executionPeriod") or {}).get("end"), task.get("lastModified"), (task.get("meta") or {}).get("lastUpdated")):
+        moment = _moment(value)
+        if moment is not None:
+            return moment
+    return None
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return dates.from_micros(dates.date_range(value, get_settings().zone)[0])
+    except dates.BadDate:
+        return None
