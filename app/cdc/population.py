@@ -131,22 +131,12 @@ def _place(session: Session, registry: Registry, period: Period, residents: dict
     for master_id, org_id, started in rows:
         if master_id in residents and (master_id not in latest or started > latest[master_id][0]):
             latest[master_id] = (started, org_id)
-    found = organizations(session, {org for _, org in latest.values()})
+    found = registries.read_organizations(session, {org for _, org in latest.values()})
     for master_id, (_, org_id) in latest.items():
         resident = residents[master_id]
         if org_id != resident.organization:
             resident.organization = org_id
             resident.district = registries.district_of(found.get(org_id)) or resident.district
-
-
-def organizations(session: Session, ids: set[str]) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(sorted(ids)):
-        rows = session.execute(
-            select(resource.c.res_id, resource_version.c.content).join(resource_version, store.CURRENT_VERSION)
-            .where(resource.c.res_type == "Organization", resource.c.res_id.in_(chunk), resource.c.deleted.is_(False)))
-        found |= {res_id: orjson.loads(text) for res_id, text in rows}
-    return found
 
 
 def add_followups(session: Session, programme: str, period: Period, residents: dict[str, Resident]) -> None:

@@ -111,7 +111,7 @@ def _parts(session: Session, task_ids: list[str]) -> list[dict[str, Any]]:
 
 def _places(session: Session, org_ids: Iterable[str | None]) -> dict[str, str | None]:
     """Each organization's GB/T 2260 district."""
-    found = population.organizations(session, {o for o in org_ids if o})
+    found = registries.read_organizations(session, {o for o in org_ids if o})
     return {org_id: registries.district_of(content) for org_id, content in found.items()}
 
 
@@ -127,9 +127,4 @@ def _completed_at(task: dict[str, Any]) -> datetime | None:
 
 
 def _moment(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dates.from_micros(dates.date_range(value, get_settings().zone)[0])
-    except dates.BadDate:
-        return None
+    return dates.start_of(value, get_settings().zone)

@@ -190,12 +190,7 @@ def _period(span: Span) -> dict[str, str]:
 
 
 def _instant(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dates.from_micros(dates.date_range(value, get_settings().zone)[0])
-    except dates.BadDate:
-        return None
+    return dates.start_of(value, get_settings().zone)
 
 
 def _death(patients: Iterable[dict[str, Any]]) -> datetime | None:
@@ -254,7 +249,7 @@ def refresh(session: Session, master_ids: Iterable[str]) -> int:
         return 0
     lock_keys(session, [f"registry:{m}" for m in masters])
     people = _people(session, masters)
-    organizations = _organizations(session, {
+    organizations = read_organizations(session, {
         org for person in people.values() for e in person.episodes if (org := reference_id(e.get("managingOrganization"), "Organization"))})
     now = dates.now()
     changed: dict[str, dict[str, Any]] = {}
@@ -320,13 +315,16 @@ def _people(session: Session, masters: list[str]) -> dict[str, Person]:
     return people
 
 
-def _organizations(session: Session, ids: set[str]) -> dict[str, dict[str, Any]]:
-    if not ids:
-        return {}
-    rows = session.execute(
-        select(resource_version.c.res_id, resource_version.c.content).join(resource, store.CURRENT_VERSION)
-        .where(resource.c.res_type == "Organization", resource.c.res_id.in_(ids), resource.c.deleted.is_(False)))
-    return {res_id: orjson.loads(text) for res_id, text in rows}
+def read_organizations(session: Session, ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The current content of these Organizations, by id (for their districts)."""
+    found: dict[str, dict[str, Any]] = {}
+    wanted = sorted(ids)
+    for at in range(0, len(wanted), 5_000):
+        rows = session.execute(
+            select(resource_version.c.res_id, resource_version.c.content).join(resource, store.CURRENT_VERSION)
+            .where(resource.c.res_type == "Organization", resource.c.res_id.in_(wanted[at:at + 5_000]), resource.c.deleted.is_(False)))
+        found |= {res_id: orjson.loads(text) for res_id, text in rows}
+    return found
 
 
 def managed_by(session: Session, org_ids: Iterable[str]) -> set[str]:

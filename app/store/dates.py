@@ -66,6 +66,16 @@ def date_range(value: str, zone: ZoneInfo) -> tuple[int, int]:
         raise BadDate(f"not a valid date: {value!r}") from exc
 
 
+def start_of(value: object, zone: ZoneInfo) -> datetime | None:
+    """When a FHIR date/dateTime/instant string begins; None for anything else (a missing or malformed element)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return from_micros(date_range(value, zone)[0])
+    except BadDate:
+        return None
+
+
 def _zone(tz: str | None, default: ZoneInfo) -> tzinfo:
     if tz is None:
         return default

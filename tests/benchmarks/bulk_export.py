@@ -20,8 +20,7 @@ import httpx
 import orjson
 import psycopg
 
-from app import db, migrate
-from tests.benchmarks.common import ADMIN_URL, mib, operator_token, qiao_server, scratch_database
+from tests.benchmarks.common import ADMIN_URL, mib, migrated_database, operator_token, qiao_server
 from tests.builders import blood_pressure, patient
 
 DATABASE = "qiao_bench_bulk"
@@ -80,10 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     url = ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}"
     if not args.reuse:
-        url = scratch_database(DATABASE)
-        engine = db.make_engine(url)
-        migrate.upgrade(engine)
-        engine.dispose()
+        url = migrated_database(DATABASE)
         started = time.perf_counter()
         seed(url, args.resources)
         print(f"seeded {args.resources:,} resources in SQL in {time.perf_counter() - started:.0f} s")

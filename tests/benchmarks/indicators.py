@@ -22,11 +22,11 @@ import httpx
 import orjson
 import psycopg
 
-from app import db, migrate
 from app.cdc import registries
 from app.cdc.registries import Person
+from app.config import get_settings
 from app.store import indexing
-from tests.benchmarks.common import ADMIN_URL, operator_token, patient, qiao_server, scratch_database
+from tests.benchmarks.common import ADMIN_URL, migrated_database, operator_token, patient, qiao_server
 from tests.cdc.builders import condition, enrolment, followup, organization
 
 DATABASE = "qiao_bench_indicators"
@@ -45,8 +45,6 @@ class Loader:
         self.pk = 0
         self.tables: dict[str, io.StringIO] = {name: io.StringIO() for name in (
             "resource", "resource_version", "search_token", "search_string", "search_date", "search_reference", "mpi_record")}
-        from app.config import get_settings
-
         self.zone = get_settings().zone
 
     def add(self, content: dict[str, Any], *, patient: str | None, org: str | None) -> None:
@@ -141,10 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     url = ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}"
     if not args.reuse:
-        url = scratch_database(DATABASE)
-        engine = db.make_engine(url)
-        migrate.upgrade(engine)
-        engine.dispose()
+        url = migrated_database(DATABASE)
         started = time.perf_counter()
         seed(url, args.residents)
         print(f"seeded {args.residents:,} managed residents ({13 * args.residents:,} resources) in {time.perf_counter() - started:.0f} s")
