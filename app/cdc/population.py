@@ -140,50 +140,40 @@ def _place(session: Session, registry: Registry, period: Period, residents: dict
 
 
 def add_followups(session: Session, programme: str, period: Period, residents: dict[str, Resident]) -> None:
-    """Each resident's follow-ups in the period, in date order, each with the pks of its readings."""
+    """Each resident's follow-ups in the period, in date order, each with the pks of its readings: one statement,
+    a row per follow-up and reading (a follow-up without one: a row with none)."""
     sql = Sql()
-    held = _followups_sql(sql, programme, period)
-    encounters: dict[str, FollowUp] = {}
-    rows = session.execute(sql.statement(
-        f"SELECT COALESCE(m.master_id, e.patient), e.res_id, d.low, c.code FROM ({held}) e"
-        " JOIN search_date d ON d.resource_pk = e.pk AND d.res_type = 'Encounter' AND d.param = 'date'"
-        " LEFT JOIN search_token c ON c.resource_pk = e.pk AND c.res_type = 'Encounter' AND c.param = 'class'"
-        " LEFT JOIN mpi_record m ON m.patient_id = e.patient"), sql.params)
-    for master_id, encounter_id, low, class_code in rows:
-        resident = residents.get(master_id)
-        if resident is None or encounter_id in encounters:
-            continue
-        followup = FollowUp(encounter_id, dates.from_micros(low), class_code in FACE_TO_FACE)
-        encounters[encounter_id] = followup
-        resident.followups.append(followup)
-    sql = Sql()
-    held = _followups_sql(sql, programme, period)
-    rows = session.execute(sql.statement(
-        "SELECT x.target_id, o.pk FROM search_reference x JOIN resource o ON o.pk = x.resource_pk"
-        " JOIN search_token k ON k.resource_pk = o.pk AND k.res_type = 'Observation' AND k.param = 'code'"
-        f"  AND k.system = '{LOINC}' AND k.code = {sql.param(READING_CODES[programme])}"
-        " WHERE x.res_type = 'Observation' AND x.param = 'encounter' AND x.target_type = 'Encounter' AND o.deleted = FALSE"
-        f" AND x.target_id IN (SELECT e.res_id FROM ({held}) e)"
-        " AND NOT EXISTS (SELECT 1 FROM search_token s WHERE s.resource_pk = o.pk AND s.res_type = 'Observation'"
-        f"  AND s.param = 'status' AND s.code IN {NOT_HELD})"), sql.params)
-    for encounter_id, pk in rows:
-        if encounter_id in encounters:
-            encounters[encounter_id].readings.append(pk)
-    for resident in residents.values():
-        resident.followups.sort(key=lambda f: (f.at, f.encounter_id))
-
-
-def _followups_sql(sql: Sql, programme: str, period: Period) -> str:
-    """The programme's follow-up Encounters held in the period (pk, res_id, patient)."""
     start, end = sql.param(dates.micros(period.start)), sql.param(dates.micros(period.end))
-    return (
-        "SELECT r.pk, r.res_id, r.patient FROM search_token t JOIN resource r ON r.pk = t.resource_pk"
+    rows = session.execute(sql.statement(
+        "SELECT COALESCE(m.master_id, r.patient), r.res_id, d.low, c.code, readings.pk FROM search_token t"
+        " JOIN resource r ON r.pk = t.resource_pk"
+        " JOIN search_date d ON d.resource_pk = r.pk AND d.res_type = 'Encounter' AND d.param = 'date'"
+        f"  AND d.low >= {start} AND d.low < {end}"
+        " LEFT JOIN search_token c ON c.resource_pk = r.pk AND c.res_type = 'Encounter' AND c.param = 'class'"
+        " LEFT JOIN mpi_record m ON m.patient_id = r.patient"
+        " LEFT JOIN (SELECT x.target_id, o.pk FROM search_reference x JOIN resource o ON o.pk = x.resource_pk"
+        "  JOIN search_token k ON k.resource_pk = o.pk AND k.res_type = 'Observation' AND k.param = 'code'"
+        f"   AND k.system = '{LOINC}' AND k.code = {sql.param(READING_CODES[programme])}"
+        "  WHERE x.res_type = 'Observation' AND x.param = 'encounter' AND x.target_type = 'Encounter' AND o.deleted = FALSE"
+        "  AND NOT EXISTS (SELECT 1 FROM search_token s WHERE s.resource_pk = o.pk AND s.res_type = 'Observation'"
+        f"   AND s.param = 'status' AND s.code IN {NOT_HELD})) readings ON readings.target_id = r.res_id"
         f" WHERE t.res_type = 'Encounter' AND t.param = 'type' AND t.system = {sql.constant(FOLLOWUP_SYSTEM)}"
         f" AND t.code = {sql.param(FOLLOWUP_CODE[programme])} AND r.deleted = FALSE"
-        " AND EXISTS (SELECT 1 FROM search_date d WHERE d.resource_pk = r.pk AND d.res_type = 'Encounter'"
-        f"  AND d.param = 'date' AND d.low >= {start} AND d.low < {end})"
         " AND NOT EXISTS (SELECT 1 FROM search_token s WHERE s.resource_pk = r.pk AND s.res_type = 'Encounter'"
-        f"  AND s.param = 'status' AND s.code IN {NOT_HELD})")
+        f"  AND s.param = 'status' AND s.code IN {NOT_HELD})"), sql.params)
+    encounters: dict[str, FollowUp] = {}
+    for master_id, encounter_id, low, class_code, reading_pk in rows:
+        resident = residents.get(master_id)
+        if resident is None:
+            continue
+        followup = encounters.get(encounter_id)
+        if followup is None:
+            followup = encounters[encounter_id] = FollowUp(encounter_id, dates.from_micros(low), class_code in FACE_TO_FACE)
+            resident.followups.append(followup)
+        if reading_pk is not None and reading_pk not in followup.readings:
+            followup.readings.append(reading_pk)
+    for resident in residents.values():
+        resident.followups.sort(key=lambda f: (f.at, f.encounter_id))
 
 
 def read_readings(session: Session, followups: Iterable[FollowUp]) -> None:
