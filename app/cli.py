@@ -71,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
 
     registries_parser = commands.add_parser("registries", help="chronic-disease registries")
     registries_commands = registries_parser.add_subparsers(dest="registries_command", required=True)
-    registries_commands.add_parser("rebuild", help="derive every resident's registry entries again from their records")
+    registries_commands.add_parser("rebuild", help="derive every resident's registry entries and the indicators' tables again from their records")
+
+    indicators_parser = commands.add_parser("indicators", help="a year's quality indicators for a district, as a table")
+    indicators_parser.add_argument("--year", type=int, required=True)
+    indicators_parser.add_argument("--district", help="a GB/T 2260 county code (6 digits); default: every district")
+    indicators_parser.add_argument("--csv", action="store_true", help="CSV instead of a table for the terminal")
+    indicators_parser.add_argument("--chart", type=Path, help="also write an SVG chart of control rates per centre by quarter here")
+    indicators_parser.add_argument("--programme", choices=("hypertension", "t2dm"), default="hypertension", help="the chart's control rate")
 
     args = parser.parse_args(argv)
     settings = get_settings()
@@ -99,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return list_subscriptions() if args.subscriptions_command == "list" else replay_subscription(args.subscription_id, args.since)
     if args.command == "registries":
         return rebuild_registries()
+    if args.command == "indicators":
+        return indicator_table(args)
     return 0
 
 
@@ -259,10 +268,33 @@ def replay_subscription(subscription_id: str, since: int) -> int:
 
 
 def rebuild_registries() -> int:
-    from app.cdc import registries
+    from app.cdc import followups, registries
 
     seen, written = registries.rebuild()
-    print(f"residents {seen} entries-written {written}")
+    counted = followups.rebuild()
+    print(f"residents {seen} entries-written {written} followups {counted}")
+    return 0
+
+
+def indicator_table(args: argparse.Namespace) -> int:
+    """As the operator: every resident of the region (or the district) counts."""
+    from app import db
+    from app.auth.principal import SYSTEM
+    from app.cdc import analyst, indicators
+    from app.errors import QiaoError
+
+    rules = indicators.Rules.configured()
+    try:
+        with db.transaction() as session:
+            rows = analyst.table(session, SYSTEM, args.year, args.district, rules)
+            chart = analyst.control_chart(session, SYSTEM, args.year, args.district, args.programme, rules) if args.chart else None
+    except QiaoError as error:
+        print(f"qiao indicators: {error.message}", file=sys.stderr)
+        return 2
+    sys.stdout.write(analyst.as_csv(rows) if args.csv else analyst.as_text(rows))
+    if chart is not None:
+        args.chart.write_bytes(chart)
+        print(f"chart: {args.chart}", file=sys.stderr)
     return 0
 
 

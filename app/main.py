@@ -76,6 +76,7 @@ def create_app() -> FastAPI:
     app.include_router(auth_routes.router)  # before the FHIR routes: /fhir/auth/token is no resource type
     app.include_router(mpi_routes.router)  # before the FHIR routes: /fhir/Patient/$match is no resource id
     app.include_router(subscription_routes.router)  # likewise /fhir/Subscription/{id}/$status
+    app.include_router(cdc_routes.analyst_router)
     app.include_router(cdc_routes.router)  # likewise /fhir/Group/hypertension-registry (composed when read)
     app.include_router(bulk_routes.router)  # likewise /fhir/$export, /fhir/Group/{id}/$export and /fhir/bulk/…
     app.include_router(fhir_routes.router)

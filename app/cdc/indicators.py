@@ -8,6 +8,7 @@ which follow-up is "the latest", and how many face-to-face follow-ups a year mak
 """
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -18,7 +19,8 @@ from sqlalchemy.orm import Session
 from app.auth.principal import Principal
 from app.cdc import population, referral_cases
 from app.cdc.cases import Case, case
-from app.cdc.population import FollowUp, Period, Reading, Resident
+from app.cdc.followups import Reading
+from app.cdc.population import FollowUp, Period, Resident
 from app.cdc.registries import REGISTRIES
 from app.config import get_settings
 from app.errors import Forbidden, InvalidRequest, NotFound
@@ -85,17 +87,15 @@ def evaluate(session: Session, measure: Indicator, period: Period, principal: Pr
     if measure.kind == "standardized":
         required = required_followups(period, rules.face_to_face_per_year)
         return [_case(r, standard=sum(f.face_to_face for f in r.followups) >= required) for r in residents.values()]
-    deciding = {r.master_id: deciding_followup(r.followups, rules) for r in residents.values()}
-    population.read_readings(session, (f for f in deciding.values() if f is not None))
     cases = []
     for resident in residents.values():
-        followup = deciding[resident.master_id]
+        followup = deciding_followup(resident.followups, rules)
         reading = followup.reading if followup else None
         if reading is None or not _has_value(measure.programme, reading):
             cases.append(_case(resident, standard=False, excluded=not rules.lost_is_uncontrolled))
             continue
         assert followup is not None
-        age = age_on(resident.birth_date, followup.at.astimezone(get_settings().zone).date())
+        age = age_on(resident.birth_date, dates.from_micros(followup.at).astimezone(get_settings().zone).date())
         cases.append(_case(resident, standard=controlled(measure.programme, reading, age, rules)))
     return cases
 
@@ -112,7 +112,7 @@ def required_followups(period: Period, per_year: int) -> int:
 
 def deciding_followup(followups: Iterable[FollowUp], rules: Rules) -> FollowUp | None:
     """The follow-up whose reading decides control: the latest in the period (with a reading, by default)."""
-    held = [f for f in followups if f.readings or rules.latest == "any"]
+    held = [f for f in followups if f.reading is not None or rules.latest == "any"]
     return max(held, key=lambda f: (f.at, f.encounter_id), default=None)
 
 
@@ -151,6 +151,13 @@ def period(start: str | None, end: str | None) -> Period:
     if high <= low:
         raise InvalidRequest(f"periodEnd {end} is before periodStart {start}", expression=["periodEnd"])
     return Period(dates.from_micros(low), dates.from_micros(high))
+
+
+def district(value: str | None) -> str | None:
+    """A district to narrow a report to: a GB/T 2260 county code."""
+    if value is not None and not re.fullmatch(r"\d{6}", value):
+        raise InvalidRequest(f"district {value!r} is not a GB/T 2260 county code (6 digits)", expression=["district"])
+    return value
 
 
 def within(cases: Iterable[Case], organization: str | None, district: str | None) -> list[Case]:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.auth import policy
 from app.auth.principal import Principal
 from app.auth.relations import reference_id
-from app.cdc import population, registries
+from app.cdc import registries
 from app.cdc.cases import Case, case
 from app.cdc.population import Period
 from app.config import get_settings
@@ -27,6 +27,7 @@ from app.store import dates, query
 from app.store.query import Sql
 
 DONE = "completed"
+CHUNK = 5_000  # ids a statement names at most
 
 
 def closed_loop(session: Session, period: Period, principal: Principal) -> list[Case]:
@@ -93,9 +94,9 @@ def _tasks(session: Session, sql: Sql, where: list[str], principal: Principal) -
 def _parts(session: Session, task_ids: list[str]) -> list[dict[str, Any]]:
     """The follow-up Tasks that are part of these referrals."""
     found = []
-    for at in range(0, len(task_ids), population.CHUNK):
+    for at in range(0, len(task_ids), CHUNK):
         sql = Sql()
-        ids = ", ".join(sql.param(t) for t in task_ids[at:at + population.CHUNK])
+        ids = ", ".join(sql.param(t) for t in task_ids[at:at + CHUNK])
         rows = session.execute(sql.statement(
             "SELECT CAST(v.content AS TEXT) FROM search_reference p JOIN resource r ON r.pk = p.resource_pk"
             " JOIN resource_version v ON v.resource_pk = r.pk AND v.version_id = r.version_id"

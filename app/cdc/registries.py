@@ -12,7 +12,8 @@ derives from those records (id `{registry}-{master}`, type `urn:qiao:registry|{r
   organization's GB/T 2260 county code, else the resident's home address's.
 Entries are stored resources: searchable (`EpisodeOfCare?type=urn:qiao:registry|t2dm-registry&district=330106`),
 exported, audited, and each change raises the registry topic. The registry Group is composed from them when read.
-An entry is rewritten only when what it says changed, so a notification means a change.
+An entry is rewritten only when what it says changed, so a notification means a change. The indicators' spans of
+management (`registry_span`, app/cdc/tables.py) are written with the entries, whenever a resident is refreshed.
 """
 
 import re
@@ -22,14 +23,15 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.auth import policy
 from app.auth.principal import Principal
 from app.auth.relations import reference_id
+from app.cdc.tables import registry_span
 from app.config import get_settings
-from app.db import lock_keys
+from app.db import bulk_insert, lock_keys
 from app.errors import Forbidden
 from app.mpi import golden, index
 from app.store import dates, query
@@ -146,23 +148,47 @@ def entry(registry: Registry, person: Person, organizations: dict[str, dict[str,
     return content
 
 
+def span_rows(registry: Registry, person: Person) -> list[dict[str, Any]]:
+    """The resident's rows of `registry_span` for this registry: one per enrolment, cut at death (none without the
+    diagnosis), with the centre it names, the home district and the master's birth date."""
+    if not any(qualifies(registry, c) for c in person.conditions):
+        return []
+    death = _death(person.patients)
+    master = next((p for p in person.patients if p.get("id") == person.master_id), {})
+    born = _instant(master.get("birthDate"))
+    common: dict[str, Any] = {"registry": registry.id, "master_id": person.master_id, "entry_id": entry_id(registry, person.master_id),
+              "home_district": _home_district(person.patients),
+              "birth_date": born.astimezone(get_settings().zone).date().isoformat() if born else None}
+    rows = []
+    for enrolment in person.episodes:
+        if not enrols(registry, enrolment):
+            continue
+        for since, until in _cut([_span_of(enrolment)], death):
+            rows.append(common | {"since": dates.micros(since), "until": dates.micros(until) if until else None,
+                                  "organization": reference_id(enrolment.get("managingOrganization"), "Organization")})
+    return rows
+
+
 def _type(registry: Registry) -> dict[str, Any]:
     return {"coding": [{"system": REGISTRY_SYSTEM, "code": registry.id, "display": registry.title}]}
 
 
 def _spans(enrolments: Sequence[dict[str, Any]], death: datetime | None) -> list[Span]:
     """The union of the enrolments' periods, cut at death, in order."""
-    spans = sorted(_span_of(e) for e in enrolments)
-    if death is not None:
-        spans = [(start, min(end, death) if end else death) for start, end in spans if start < death]
     merged: list[Span] = []
-    for start, end in spans:
+    for start, end in _cut(sorted(_span_of(e) for e in enrolments), death):
         if merged and (merged[-1][1] is None or start <= merged[-1][1]):
             last_end = merged[-1][1]
             merged[-1] = (merged[-1][0], None if last_end is None or end is None else max(last_end, end))
         else:
             merged.append((start, end))
     return merged
+
+
+def _cut(spans: list[Span], death: datetime | None) -> list[Span]:
+    if death is None:
+        return spans
+    return [(start, min(end, death) if end else death) for start, end in spans if start < death]
 
 
 def _span_of(episode: dict[str, Any]) -> Span:
@@ -253,6 +279,9 @@ def refresh(session: Session, master_ids: Iterable[str]) -> int:
         org for person in people.values() for e in person.episodes if (org := reference_id(e.get("managingOrganization"), "Organization"))})
     now = dates.now()
     changed: dict[str, dict[str, Any]] = {}
+    session.execute(delete(registry_span).where(registry_span.c.master_id.in_(masters)))
+    bulk_insert(session, registry_span, [row for person in people.values() for registry in REGISTRIES.values()
+                                         for row in span_rows(registry, person)])
     for person in people.values():
         for registry in REGISTRIES.values():
             content = entry(registry, person, organizations, now)

@@ -1,7 +1,6 @@
 """The CDC's registries and indicators under /fhir. Registered before the FHIR routes, whose /fhir/{type}/{id}
 would take the registries' fixed Group ids."""
 
-import re
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request
@@ -10,13 +9,14 @@ from fastapi.responses import Response
 from app.auth import audit_trail, policy
 from app.auth.access import PrincipalDep, ReadSessionDep
 from app.auth.relations import reference_id
-from app.cdc import indicators, registries, reports
+from app.cdc import analyst, indicators, registries, reports
 from app.errors import InvalidRequest
 from app.fhir import formats
 from app.fhir.formats import FhirResponse
 from app.store import dates
 
 router = APIRouter(prefix="/fhir", default_response_class=FhirResponse)
+analyst_router = APIRouter(prefix="/cdc")
 
 
 def _registry_read(registry: registries.Registry) -> Callable[..., Response]:
@@ -69,9 +69,7 @@ def evaluate_measure(measure_id: str, request: Request, session: ReadSessionDep,
         if organization is None:
             raise InvalidRequest("subject must be an Organization (Organization/{id}); for a district use district={code}",
                                  expression=["subject"])
-    district = params.get("district")
-    if district is not None and not re.fullmatch(r"\d{6}", district):
-        raise InvalidRequest(f"district {district!r} is not a GB/T 2260 county code (6 digits)", expression=["district"])
+    district = indicators.district(params.get("district"))
     cases = indicators.within(indicators.evaluate(session, indicator, period, principal, indicators.Rules.configured()),
                               organization, district)
     subject_list = report_type == "subject-list"
@@ -81,3 +79,24 @@ def evaluate_measure(measure_id: str, request: Request, session: ReadSessionDep,
     listed = [c.subject.removeprefix("Patient/") for c in cases if subject_list and c.subject.startswith("Patient/")]
     audit_trail.record(principal, "operation", patients=listed, query=str(request.url.path) + "?" + str(request.url.query))
     return FhirResponse(content)
+
+
+@analyst_router.get("/indicators")
+def indicator_table(request: Request, session: ReadSessionDep, principal: PrincipalDep, year: int, district: str | None = None) -> Response:
+    """A year's indicators for a district (or every district the client sees) as CSV: the district's figure, then
+    each centre's."""
+    policy.require(principal, "Measure", "r")
+    rows = analyst.table(session, principal, year, district, indicators.Rules.configured())
+    audit_trail.record(principal, "operation", query=str(request.url.path) + "?" + str(request.url.query))
+    return Response(analyst.as_csv(rows), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'inline; filename="indicators-{year}{"-" + district if district else ""}.csv"'})
+
+
+@analyst_router.get("/control-rates")
+def control_rate_chart(request: Request, session: ReadSessionDep, principal: PrincipalDep, year: int,
+                       programme: str = "hypertension", district: str | None = None) -> Response:
+    """The control rate per community centre by quarter, as an SVG chart."""
+    policy.require(principal, "Measure", "r")
+    chart = analyst.control_chart(session, principal, year, district, programme, indicators.Rules.configured())
+    audit_trail.record(principal, "operation", query=str(request.url.path) + "?" + str(request.url.query))
+    return Response(chart, media_type="image/svg+xml")

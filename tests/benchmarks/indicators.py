@@ -7,7 +7,8 @@ and PostgreSQL; against a baseline measured in the same run: PostgreSQL handing 
 The store is seeded directly (COPY), with the rows the store itself would write: each resident is a master and a
 source Patient linked in the master patient index, a diagnosis and an enrolment at one of 50 centres in 5
 districts, its registry entry (derived by `registries.entry`), and four follow-up Encounters in the year (some by
-phone) each with a blood-pressure reading; index rows from `indexing.index_rows`. 13 resources a resident.
+phone) each with a blood-pressure reading; index rows from `indexing.index_rows`. 13 resources a resident. The
+indicators' tables get the rows the write rules would derive (`registries.span_rows`, `followups.row`).
 """
 
 import argparse
@@ -22,8 +23,9 @@ import httpx
 import orjson
 import psycopg
 
-from app.cdc import registries
+from app.cdc import followups, registries
 from app.cdc.registries import Person
+from app.cdc.tables import indicator_followup, registry_span
 from app.config import get_settings
 from app.store import indexing
 from tests.benchmarks.common import ADMIN_URL, migrated_database, operator_token, patient, qiao_server
@@ -38,13 +40,25 @@ MEASURES = ["htn-control-rate", "htn-standardized-management-rate"]
 YEAR = "periodStart=2025-01-01&periodEnd=2025-12-31"
 
 
+COLUMNS = {"resource": "pk, res_type, res_id, version_id, last_updated, deleted, org, patient",
+           "resource_version": "resource_pk, version_id, res_type, res_id, last_updated, method, deleted, content",
+           "search_token": "resource_pk, res_type, param, system, code",
+           "search_string": "resource_pk, res_type, param, value_norm, value_exact",
+           "search_date": "resource_pk, res_type, param, low, high",
+           "search_reference": "resource_pk, res_type, param, target_type, target_id",
+           "mpi_record": "patient_id, master_id, org, features, basis, updated_at",
+           "registry_span": ", ".join(c.name for c in registry_span.columns),
+           "indicator_followup": ", ".join(c.name for c in indicator_followup.columns)}
+
+
 class Loader:
     """Rows for COPY, as the store writes them (resource, its version, its index rows)."""
 
     def __init__(self) -> None:
         self.pk = 0
         self.tables: dict[str, io.StringIO] = {name: io.StringIO() for name in (
-            "resource", "resource_version", "search_token", "search_string", "search_date", "search_reference", "mpi_record")}
+            "resource", "resource_version", "search_token", "search_string", "search_date", "search_reference", "mpi_record",
+            "registry_span", "indicator_followup")}
         self.zone = get_settings().zone
 
     def add(self, content: dict[str, Any], *, patient: str | None, org: str | None) -> None:
@@ -60,20 +74,17 @@ class Loader:
     def link(self, patient_id: str, master_id: str, org: str) -> None:
         self._row("mpi_record", patient_id, master_id, org, "{}", "new", STAMP)
 
+    def derived(self, table: str, row: dict[str, Any]) -> None:
+        """A row of the indicators' tables (app/cdc/tables.py), in their columns' order."""
+        self._row(table, *(row[column] for column in COLUMNS[table].split(", ")))
+
     def _row(self, table: str, *values: Any) -> None:
         text = "\t".join("\\N" if v is None else str(v).replace("\\", "\\\\").replace("\t", " ").replace("\n", " ") for v in values)
         self.tables[table].write(text + "\n")
 
     def copy(self, conn: psycopg.Connection[Any]) -> None:
-        columns = {"resource": "pk, res_type, res_id, version_id, last_updated, deleted, org, patient",
-                   "resource_version": "resource_pk, version_id, res_type, res_id, last_updated, method, deleted, content",
-                   "search_token": "resource_pk, res_type, param, system, code",
-                   "search_string": "resource_pk, res_type, param, value_norm, value_exact",
-                   "search_date": "resource_pk, res_type, param, low, high",
-                   "search_reference": "resource_pk, res_type, param, target_type, target_id",
-                   "mpi_record": "patient_id, master_id, org, features, basis, updated_at"}
         for table, buffer in self.tables.items():
-            with conn.cursor().copy(f"COPY {table} ({columns[table]}) FROM STDIN") as copy:
+            with conn.cursor().copy(f"COPY {table} ({COLUMNS[table]}) FROM STDIN") as copy:
                 copy.write(buffer.getvalue())
             self.tables[table] = io.StringIO()
 
@@ -97,9 +108,12 @@ def seed(url: str, count: int) -> None:
             enrolled = enrolment(source, centre, "2024-01-01") | {"id": f"e{n}"}
             loader.add(diagnosis, patient=source, org=centre)
             loader.add(enrolled, patient=source, org=centre)
-            person = Person(master, [record], [diagnosis], [enrolled], {})
+            master_record = record | {"id": master}
+            person = Person(master, [master_record, record | {"id": source}], [diagnosis], [enrolled], {})
             entry = registries.entry(registries.REGISTRIES["hypertension-registry"], person, organizations, now)
             loader.add(entry, patient=master, org=None)
+            for span in registries.span_rows(registries.REGISTRIES["hypertension-registry"], person):
+                loader.derived("registry_span", span)
             for quarter in range(4):
                 day = f"2025-{3 * quarter + 2:02d}-{1 + n % 28:02d}"
                 mode = "VR" if rng.random() < 0.1 else "AMB"
@@ -108,6 +122,9 @@ def seed(url: str, count: int) -> None:
                 encounter = bundle["entry"][0]["resource"] | {"id": encounter_id}
                 reading = bundle["entry"][1]["resource"] | {"id": f"o{n}-{quarter}", "encounter": {"reference": f"Encounter/{encounter_id}"}}
                 loader.add(encounter, patient=source, org=centre)
+                row = followups.row(encounter, source, [reading])
+                assert row is not None
+                loader.derived("indicator_followup", row | {"encounter_pk": loader.pk})
                 loader.add(reading, patient=source, org=centre)
             if n % 5_000 == 4_999:
                 loader.copy(conn)

@@ -3,7 +3,7 @@ public-health follow-ups."""
 
 from typing import Any
 
-from app.cdc.population import FOLLOWUP_SYSTEM
+from app.cdc.followups import FOLLOWUP_SYSTEM
 from app.cdc.registries import DIVISION_URL, PROGRAMME_SYSTEM
 from app.mpi.id_number import check_character
 from tests.builders import blood_pressure

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import delete, select
 
+from app import cli, db
+from app.cdc.tables import indicator_followup, registry_span
 from app.config import get_settings
 from tests.builders import FHIR_JSON, patient
 from tests.cdc.builders import condition, enrolment, followup, id_card
@@ -233,3 +236,50 @@ def test_the_referral_loop_indicators(client: TestClient, institutions: dict[str
     assert counts(evaluate(client, "followup-completion-rate", period, institutions["cdc"])) == (1, 1, 2, 1.0)
     last_year = f"periodStart={today.year - 1}-01-01&periodEnd={today.year - 1}-12-31"
     assert counts(evaluate(client, "referral-closed-loop-rate", last_year, institutions["cdc"])) == (0, 0, 0, None)
+
+
+def only(client: TestClient, query: str) -> dict[str, Any]:
+    found = client.get(f"/fhir/{query}").json().get("entry") or []
+    assert len(found) == 1, query
+    return dict(found[0]["resource"])
+
+
+def test_a_follow_up_is_counted_as_its_records_change(client: TestClient, region: dict[str, str]) -> None:
+    """The indicators' follow-up table follows every write of a reading or its Encounter."""
+    latest = only(client, "Observation?code=http://loinc.org|85354-9&date=2025-12-10")  # a's 135/85
+    encounter_id = latest["encounter"]["reference"].split("/")[-1]
+    raised = latest | {"component": [c | {"valueQuantity": c["valueQuantity"] | {"value": v}} for c, v in zip(latest["component"], (160, 95), strict=True)]}
+    assert client.put(f"/fhir/Observation/{latest['id']}", json=raised, headers=FHIR_JSON).status_code == 200
+    assert counts(evaluate(client, "htn-control-rate")) == (5, 2, 0, 0.4)
+    # moved to September's follow-up, it decides there (the latest with a reading): 160/95 is not controlled
+    september = only(client, "Encounter?date=2025-09-10")
+    moved = raised | {"encounter": {"reference": f"Encounter/{september['id']}"}}
+    assert client.put(f"/fhir/Observation/{latest['id']}", json=moved, headers=FHIR_JSON).status_code == 200
+    assert counts(evaluate(client, "htn-control-rate")) == (5, 2, 0, 0.4)
+    assert client.delete(f"/fhir/Observation/{latest['id']}").status_code in (200, 204)
+    # September's own 136/84 decides now (December's follow-up has no reading left)
+    assert counts(evaluate(client, "htn-control-rate")) == (5, 3, 0, 0.6)
+    assert client.put(f"/fhir/Encounter/{september['id']}", json=september | {"status": "entered-in-error"}, headers=FHIR_JSON).status_code == 200
+    assert counts(evaluate(client, "htn-control-rate")) == (5, 2, 0, 0.4)  # June's 142/88
+    # three face-to-face follow-ups are left to a (March, June, December): no longer managed per the standard
+    assert counts(evaluate(client, "htn-standardized-management-rate")) == (5, 2, 0, 0.4)
+    assert client.get(f"/fhir/Encounter/{encounter_id}").status_code == 200
+
+
+def test_a_rebuild_writes_the_indicator_tables_as_the_writes_kept_them(client: TestClient, region: dict[str, str],
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    def tables() -> tuple[list[Any], list[Any]]:
+        with db.transaction() as session:
+            return (sorted(tuple(r) for r in session.execute(select(registry_span))),
+                    sorted(tuple(r) for r in session.execute(select(indicator_followup))))
+
+    kept = tables()
+    assert len(kept[0]) == 10 and len(kept[1]) == 21  # spans: d has two; follow-ups: 4 + 4 + 1 + 5 + 5 + 1 + 1
+    with db.transaction() as session:
+        session.execute(delete(registry_span))
+        session.execute(delete(indicator_followup))
+    assert counts(evaluate(client, "htn-control-rate")) == (0, 0, 0, None)
+    assert cli.main(["registries", "rebuild"]) == 0
+    assert capsys.readouterr().out.split()[-2:] == ["followups", "21"]
+    assert tables() == kept
+    assert counts(evaluate(client, "htn-control-rate")) == (5, 3, 0, 0.6)

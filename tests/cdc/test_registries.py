@@ -232,7 +232,7 @@ def test_rebuild_derives_the_entries_of_records_loaded_before_registries(
     assert members(client, "t2dm-registry") == {}
 
     assert cli.main(["registries", "rebuild"]) == 0
-    assert capsys.readouterr().out.split() == ["residents", "2", "entries-written", "1"]
+    assert capsys.readouterr().out.split() == ["residents", "2", "entries-written", "1", "followups", "0"]
     assert list(members(client, "t2dm-registry")) == [master_of(client, resident["id"])]
     assert cli.main(["registries", "rebuild"]) == 0
-    assert capsys.readouterr().out.split() == ["residents", "2", "entries-written", "0"]  # idempotent
+    assert capsys.readouterr().out.split() == ["residents", "2", "entries-written", "0", "followups", "0"]  # idempotent
