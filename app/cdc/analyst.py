@@ -47,21 +47,29 @@ def table(session: Session, principal: Principal, year: int, district: str | Non
     """Every indicator for the year: the district's figure first, then one row per organization counted in it."""
     period = year_period(year)
     district = indicators.district(district)
-    rows = []
+    counted = []
     for indicator in indicators.INDICATORS.values():
         cases = indicators.within(indicators.evaluate(session, indicator, period, principal, rules), None, district)
-        by_organization: dict[str, list[Case]] = {}
-        for item in cases:
-            by_organization.setdefault(item.organization or "", []).append(item)
-        names = _names(session, set(by_organization))
-        rows.append(_row(indicator, None, f"district {district}" if district else "all districts", cases, total=True))
-        rows += [_row(indicator, org or None, names.get(org, org or "unknown"), items) for org, items in sorted(by_organization.items())]
+        counted.append((indicator, cases, _by_organization(cases)))
+    names = _names(session, {org for _, _, groups in counted for org in groups})
+    rows = []
+    for indicator, cases, groups in counted:
+        rows.append(Row(indicator, None, f"district {district}" if district else "all districts", *_counts(cases), total=True))
+        rows += [Row(indicator, org or None, names.get(org, org or "unknown"), *_counts(items)) for org, items in sorted(groups.items())]
     return rows
 
 
-def _row(indicator: Indicator, organization: str | None, name: str, cases: list[Case], *, total: bool = False) -> Row:
-    return Row(indicator, organization, name, sum(NUMERATOR in c.populations for c in cases),
-               sum(DENOMINATOR in c.populations for c in cases), total)
+def _by_organization(cases: list[Case]) -> dict[str, list[Case]]:
+    """The cases by the organization they count under ("" for none known)."""
+    groups: dict[str, list[Case]] = {}
+    for item in cases:
+        groups.setdefault(item.organization or "", []).append(item)
+    return groups
+
+
+def _counts(cases: list[Case]) -> tuple[int, int]:
+    """(numerator, denominator)."""
+    return sum(NUMERATOR in c.populations for c in cases), sum(DENOMINATOR in c.populations for c in cases)
 
 
 def _names(session: Session, org_ids: set[str]) -> dict[str, str]:
@@ -102,12 +110,10 @@ def control_rates(session: Session, principal: Principal, year: int, district: s
     for number, (_, first, last) in enumerate(QUARTERS):
         quarter = indicators.period(f"{year}-{first}", f"{year}-{last}")
         cases = indicators.within(indicators.evaluate(session, indicator, quarter, principal, rules), None, district)
-        groups: dict[str | None, list[Case]] = {None: cases}
-        for item in cases:
-            groups.setdefault(item.organization or "", []).append(item)
-        for key, items in groups.items():
-            rate = _row(indicator, key, "", items).rate
-            series.setdefault(key, [None] * len(QUARTERS))[number] = None if rate is None else round(100 * rate, 1)
+        groups: list[tuple[str | None, list[Case]]] = [(None, cases), *_by_organization(cases).items()]
+        for key, items in groups:
+            numerator, denominator = _counts(items)
+            series.setdefault(key, [None] * len(QUARTERS))[number] = round(100 * numerator / denominator, 1) if denominator else None
     return series
 
 

@@ -8,6 +8,7 @@ from fastapi.responses import Response
 
 from app.auth import audit_trail, policy
 from app.auth.access import PrincipalDep, ReadSessionDep
+from app.auth.principal import Principal
 from app.auth.relations import reference_id
 from app.cdc import analyst, indicators, registries, reports
 from app.errors import InvalidRequest
@@ -77,7 +78,7 @@ def evaluate_measure(measure_id: str, request: Request, session: ReadSessionDep,
                              period={"start": params["periodStart"], "end": params["periodEnd"]}, subject_list=subject_list,
                              reporter=organization or principal.organization, generated=dates.now())
     listed = [c.subject.removeprefix("Patient/") for c in cases if subject_list and c.subject.startswith("Patient/")]
-    audit_trail.record(principal, "operation", patients=listed, query=str(request.url.path) + "?" + str(request.url.query))
+    _audit(principal, request, patients=listed)
     return FhirResponse(content)
 
 
@@ -87,7 +88,7 @@ def indicator_table(request: Request, session: ReadSessionDep, principal: Princi
     each centre's."""
     policy.require(principal, "Measure", "r")
     rows = analyst.table(session, principal, year, district, indicators.Rules.configured())
-    audit_trail.record(principal, "operation", query=str(request.url.path) + "?" + str(request.url.query))
+    _audit(principal, request)
     return Response(analyst.as_csv(rows), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'inline; filename="indicators-{year}{"-" + district if district else ""}.csv"'})
 
@@ -98,5 +99,10 @@ def control_rate_chart(request: Request, session: ReadSessionDep, principal: Pri
     """The control rate per community centre by quarter, as an SVG chart."""
     policy.require(principal, "Measure", "r")
     chart = analyst.control_chart(session, principal, year, district, programme, indicators.Rules.configured())
-    audit_trail.record(principal, "operation", query=str(request.url.path) + "?" + str(request.url.query))
+    _audit(principal, request)
     return Response(chart, media_type="image/svg+xml")
+
+
+def _audit(principal: Principal, request: Request, patients: list[str] | None = None) -> None:
+    """An evaluation is an operation on the residents it counts; the audit keeps the query that asked for it."""
+    audit_trail.record(principal, "operation", patients=patients or [], query=f"{request.url.path}?{request.url.query}")
