@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     registries_commands = registries_parser.add_subparsers(dest="registries_command", required=True)
     registries_commands.add_parser("rebuild", help="derive every resident's registry entries and the indicators' tables again from their records")
 
+    commands.add_parser("clock", help="run once the work that falls due with time (a running server does every clock_seconds)")
+
     indicators_parser = commands.add_parser("indicators", help="a year's quality indicators for a district, as a table")
     indicators_parser.add_argument("--year", type=int, required=True)
     indicators_parser.add_argument("--district", help="a GB/T 2260 county code (6 digits); default: every district")
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return rebuild_registries()
     if args.command == "indicators":
         return indicator_table(args)
+    if args.command == "clock":
+        return run_clock()
     return 0
 
 
@@ -273,6 +277,14 @@ def rebuild_registries() -> int:
     seen, written = registries.rebuild()
     counted = followups.rebuild()
     print(f"residents {seen} entries-written {written} followups {counted}")
+    return 0
+
+
+def run_clock() -> int:
+    from app import clock
+
+    for name, changed in clock.run().items():
+        print(f"{name}\t" + ("running in another process" if changed is None else f"changed {changed}"))
     return 0
 
 

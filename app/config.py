@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     subscription_error_after: int = 3
     #: The longest wait between retries of a failing delivery (seconds).
     subscription_max_backoff: int = 300
+    #: How often each server process runs the work that falls due with time (app/clock.py: registry entries whose
+    #: enrolment started or ended), in seconds; `qiao clock` runs it once, e.g. from cron.
+    clock_seconds: float = 300
     #: Bulk Data export: how often each server process looks for an export to run (seconds).
     bulk_poll_seconds: float = 0.5
     #: The Retry-After (seconds) an export's status answer asks for; polling twice as often is answered 429.

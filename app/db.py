@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, Table, create_engine, event, insert, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings, get_settings
@@ -175,6 +176,12 @@ def wait_for_writers(started: datetime, timeout: float) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
+
+
+def insert_unless_present(session: Session, table: Table, values: dict[str, Any]) -> None:
+    """Insert a row unless one with its key exists (two processes may both try: neither fails)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
 
 
 def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from adapters.hl7v2 import mllp
+from app import clock
 from app.auth import audit_store, audit_trail
 from app.auth import routes as auth_routes
 from app.auth.principal import Principal
@@ -49,12 +50,15 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     deliverer.start()
     exporter = bulk_worker.Worker()
     exporter.start()
+    ticker = clock.Worker(settings.clock_seconds)
+    ticker.start()
     listener = await mllp.serve(settings.mllp_host, settings.mllp_port, _mllp_message) if settings.mllp_port else None
     try:
         yield
     finally:
         if listener is not None:
             listener.close()
+        await anyio.to_thread.run_sync(ticker.stop)
         await anyio.to_thread.run_sync(exporter.stop)
         outbox.forget(deliverer.wake)
         await anyio.to_thread.run_sync(deliverer.stop)

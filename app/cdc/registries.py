@@ -6,8 +6,10 @@ diagnosis of the disease and one of their records is enrolled in its management:
 programme (`urn:qiao:care-programme|hypertension` or `|t2dm`). Membership is a registry entry, an EpisodeOfCare Qiao
 derives from those records (id `{registry}-{master}`, type `urn:qiao:registry|{registry}`):
 - statusHistory: the spans of management, the union of the enrolments' periods, cut at death;
-- status: active while a span covers today, finished after, cancelled when the diagnosis or the enrolments are gone
-  (the resident then counts in no period);
+- status: active while a span covers today, planned before the first starts, finished after, cancelled when the
+  diagnosis or the enrolments are gone (the resident then counts in no period). Today moves on without a write:
+  the clock's registries pass (app/clock.py, `due`) derives the entry again when one of its enrolments starts or
+  ends;
 - managingOrganization: the enrolment that covers today (latest start), else the last one; `district`: that
   organization's GB/T 2260 county code, else the resident's home address's.
 Entries are stored resources: searchable (`EpisodeOfCare?type=urn:qiao:registry|t2dm-registry&district=330106`),
@@ -136,7 +138,7 @@ def entry(registry: Registry, person: Person, organizations: dict[str, dict[str,
     if division:
         content["extension"] = [{"url": DISTRICT_URL, "valueCode": division}]
     content |= {
-        "status": "active" if active else "finished",
+        "status": "active" if active else "planned" if spans[0][0] > now else "finished",
         "statusHistory": [{"status": "active", "period": _period(span)} for span in spans],
         "type": [_type(registry)],
         "diagnosis": [{"condition": {"reference": f"Condition/{c}"}} for c in diagnoses],
@@ -294,6 +296,17 @@ def refresh(session: Session, master_ids: Iterable[str]) -> int:
     store.apply(session, [store.Write("EpisodeOfCare", entry_id_, "PUT" if entry_id_ in found else "POST", content, found.get(entry_id_))
                           for entry_id_, content in changed.items()], authorized=True)
     return len(changed)
+
+
+def due(session: Session, after: int, until: int) -> list[str]:
+    """The masters one of whose enrolments started or ended in (after, until] (microseconds): their entries were
+    derived before that moment and may now say the wrong status or managing organization (app/clock.py)."""
+    s = registry_span.c
+    found: set[str] = set()
+    for registry in REGISTRIES:
+        for bound in (s.since, s.until):
+            found.update(session.scalars(select(s.master_id).where(s.registry == registry, bound > after, bound <= until)))
+    return sorted(found)
 
 
 def rebuild(batch_size: int = 500) -> tuple[int, int]:

@@ -27,6 +27,7 @@ registry_span = Table(
     Column("home_district", String(6), nullable=True),
     Column("birth_date", String(10), nullable=True),  # YYYY-MM-DD
     Index(None, "registry", "since"),
+    Index(None, "registry", "until"),  # the clock's registries pass: enrolments that ended
 )
 
 indicator_followup = Table(

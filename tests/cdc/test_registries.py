@@ -2,6 +2,7 @@
 inside the write that changes it; the Group is read through the institution policy; entries are the server's."""
 
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from fastapi.testclient import TestClient
 from app import cli
 from app.cdc import registries
 from app.cdc.registries import DISTRICT_URL, MANAGING_URL
+from app.config import get_settings
 from app.store import dates
 from tests.auth.test_audit import audit_events
 from tests.builders import FHIR_JSON, patient
@@ -236,3 +238,32 @@ def test_rebuild_derives_the_entries_of_records_loaded_before_registries(
     assert list(members(client, "t2dm-registry")) == [master_of(client, resident["id"])]
     assert cli.main(["registries", "rebuild"]) == 0
     assert capsys.readouterr().out.split() == ["residents", "2", "entries-written", "0", "followups", "0"]  # idempotent
+
+
+def test_an_enrolment_that_starts_or_ends_on_a_quiet_day_moves_its_entry_when_the_clock_passes(
+        client: TestClient, centres: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing is written the day an enrolment's period ends: the clock's registries pass derives the entry again."""
+    soon = dates.now() + timedelta(seconds=2)
+    moment = soon.astimezone(get_settings().zone).isoformat(timespec="seconds")
+    leaving = post(client, patient("韩", "梅", id_card=id_card(WEST_LAKE, "19660606", "020"), gender="female"))
+    joining = post(client, patient("杨", "光", id_card=id_card(GONGSHU, "19670707", "031")))
+    for resident in (leaving, joining):
+        post(client, condition(resident["id"]))
+    post(client, enrolment(leaving["id"], "chc-1", "2024-01-01", end=moment))
+    post(client, enrolment(joining["id"], "chc-2", moment))
+    gone, new = master_of(client, leaving["id"]), master_of(client, joining["id"])
+    assert entry(client, "hypertension-registry", new)["status"] == "planned"
+    assert list(members(client)) == [gone]
+    assert cli.main(["clock"]) == 0
+    assert capsys.readouterr().out.split() == ["registries", "changed", "0"]  # not yet
+
+    time.sleep(max(0.0, (soon - dates.now()).total_seconds()) + 0.1)
+    before = entry(client, "hypertension-registry", gone)["meta"]["versionId"]
+    assert cli.main(["clock"]) == 0
+    assert capsys.readouterr().out.split() == ["registries", "changed", "2"]
+    ended = entry(client, "hypertension-registry", gone)
+    assert ended["status"] == "finished" and int(ended["meta"]["versionId"]) == int(before) + 1
+    assert entry(client, "hypertension-registry", new)["status"] == "active"
+    assert list(members(client)) == [new]
+    assert cli.main(["clock"]) == 0
+    assert capsys.readouterr().out.split() == ["registries", "changed", "0"]
