@@ -20,7 +20,7 @@ from app.auth.principal import Principal
 from app.cdc import population, referral_cases
 from app.cdc.cases import Case, case
 from app.cdc.followups import Reading
-from app.cdc.population import FollowUp, Period, Resident
+from app.cdc.population import Period, Resident
 from app.cdc.registries import REGISTRIES
 from app.config import get_settings
 from app.errors import Forbidden, InvalidRequest, NotFound
@@ -83,13 +83,14 @@ def evaluate(session: Session, measure: Indicator, period: Period, principal: Pr
     assert measure.programme is not None
     registry = next(r for r in REGISTRIES.values() if r.programme == measure.programme)
     residents = population.managed(session, registry, period, principal)
-    population.add_followups(session, measure.programme, period, residents)
     if measure.kind == "standardized":
         required = required_followups(period, rules.face_to_face_per_year)
-        return [_case(r, standard=sum(f.face_to_face for f in r.followups) >= required) for r in residents.values()]
+        counts = population.face_to_face_counts(session, measure.programme, period)
+        return [_case(r, standard=counts.get(r.master_id, 0) >= required) for r in residents.values()]
+    latest = population.latest_followups(session, measure.programme, period, with_reading=rules.latest == "with-reading")
     cases = []
     for resident in residents.values():
-        followup = deciding_followup(resident.followups, rules)
+        followup = latest.get(resident.master_id)
         reading = followup.reading if followup else None
         if reading is None or not _has_value(measure.programme, reading):
             cases.append(_case(resident, standard=False, excluded=not rules.lost_is_uncontrolled))
@@ -108,12 +109,6 @@ def required_followups(period: Period, per_year: int) -> int:
     """Face-to-face follow-ups that make management standard in this period: the yearly number, pro rata for a
     shorter or longer period, to the nearest whole one (a quarter asks for one of four, a leap year for four)."""
     return max(1, math.floor(per_year * period.days / 365 + 0.5))
-
-
-def deciding_followup(followups: Iterable[FollowUp], rules: Rules) -> FollowUp | None:
-    """The follow-up whose reading decides control: the latest in the period (with a reading, by default)."""
-    held = [f for f in followups if f.reading is not None or rules.latest == "any"]
-    return max(held, key=lambda f: (f.at, f.encounter_id), default=None)
 
 
 def _has_value(programme: str, reading: Reading) -> bool:

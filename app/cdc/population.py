@@ -3,8 +3,9 @@ indicators count, read from the indicators' tables (app/cdc/tables.py, kept in t
 resource parsed. Follow-ups count per resident: those of every record the master patient index links to the master.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -32,12 +33,11 @@ class Period:
         return round((self.end - self.start).total_seconds() / 86_400)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class FollowUp:
     encounter_id: str
-    at: int  # microseconds since the epoch (dates.from_micros): hundreds of thousands are made per evaluation
-    face_to_face: bool
-    reading: Reading | None = None  # None: no reading of the programme's code at this follow-up
+    at: int  # microseconds since the epoch (dates.from_micros)
+    reading: Reading | None  # None: no reading of the programme's code at this follow-up
 
 
 @dataclass
@@ -46,7 +46,6 @@ class Resident:
     birth_date: date | None
     organization: str | None  # managing at the end of the resident's management within the period
     district: str | None
-    followups: list[FollowUp] = field(default_factory=list)
 
 
 def managed(session: Session, registry: Registry, period: Period, principal: Principal) -> dict[str, Resident]:
@@ -75,16 +74,40 @@ def managed(session: Session, registry: Registry, period: Period, principal: Pri
             for master_id, (_, org, home, born) in latest.items()}
 
 
-def add_followups(session: Session, programme: str, period: Period, residents: dict[str, Resident]) -> None:
-    """Each resident's follow-ups in the period, with their readings."""
+def face_to_face_counts(session: Session, programme: str, period: Period) -> dict[str, int]:
+    """Per master resident, the face-to-face follow-ups in the period (of every record linked to the master)."""
     f = indicator_followup
-    rows = session.execute(
-        select(func.coalesce(mpi_record.c.master_id, f.c.patient_id), f.c.encounter_id, f.c.at, f.c.face_to_face,
-               f.c.has_reading, f.c.systolic, f.c.diastolic, f.c.glucose)
-        .select_from(f.outerjoin(mpi_record, mpi_record.c.patient_id == f.c.patient_id))
-        .where(f.c.programme == programme, f.c.at >= dates.micros(period.start), f.c.at < dates.micros(period.end))).all()
-    for master_id, encounter_id, at, face_to_face, has_reading, systolic, diastolic, glucose in rows:
-        resident = residents.get(master_id)
-        if resident is not None:
-            reading = Reading(systolic, diastolic, glucose) if has_reading else None
-            resident.followups.append(FollowUp(encounter_id, at, face_to_face, reading))
+    master = _master()
+    rows = session.execute(select(master, func.count()).select_from(_followups_with_masters())
+                           .where(*_within(programme, period), f.c.face_to_face).group_by(master))
+    return {master_id: count for master_id, count in rows}
+
+
+def latest_followups(session: Session, programme: str, period: Period, *, with_reading: bool) -> dict[str, FollowUp]:
+    """Per master resident, the latest follow-up in the period (the latest with a reading, when `with_reading`):
+    the one whose reading decides control. Ties on time go to the greater Encounter id, so that the choice is
+    the same on every evaluation."""
+    f = indicator_followup
+    master = _master()
+    conditions = [*_within(programme, period), *([f.c.has_reading] if with_reading else [])]
+    ranked = (select(master.label("master_id"), f.c.encounter_id, f.c.at, f.c.has_reading, f.c.systolic, f.c.diastolic, f.c.glucose,
+                     func.row_number().over(partition_by=master, order_by=(f.c.at.desc(), f.c.encounter_id.desc())).label("rank"))
+              .select_from(_followups_with_masters()).where(*conditions).subquery())
+    rows = session.execute(select(ranked.c.master_id, ranked.c.encounter_id, ranked.c.at, ranked.c.has_reading, ranked.c.systolic,
+                                  ranked.c.diastolic, ranked.c.glucose).where(ranked.c.rank == 1))
+    return {master_id: FollowUp(encounter_id, at, Reading(systolic, diastolic, glucose) if has_reading else None)
+            for master_id, encounter_id, at, has_reading, systolic, diastolic, glucose in rows}
+
+
+def _master() -> Any:
+    """A follow-up's master resident: its record's master, else the record itself (not yet indexed)."""
+    return func.coalesce(mpi_record.c.master_id, indicator_followup.c.patient_id)
+
+
+def _followups_with_masters() -> Any:
+    return indicator_followup.outerjoin(mpi_record, mpi_record.c.patient_id == indicator_followup.c.patient_id)
+
+
+def _within(programme: str, period: Period) -> list[Any]:
+    f = indicator_followup
+    return [f.c.programme == programme, f.c.at >= dates.micros(period.start), f.c.at < dates.micros(period.end)]
