@@ -6,9 +6,11 @@ version stays 4.0.1). Model classes are imported lazily per type: importing all 
 
 import pkgutil
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import fhir.resources.R4B as r4b
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -16,6 +18,7 @@ from app.errors import InvalidResource, Issue
 
 FHIR_VERSION = "4.0.1"
 MODEL_PACKAGE = "fhir.resources.R4B"
+ELEMENTS_FILE = Path(__file__).with_name("resource_elements.json")
 
 # pydantic error type → FHIR issue type (https://hl7.org/fhir/R4/valueset-issue-type.html)
 _ISSUE_TYPES = {
@@ -43,20 +46,41 @@ def model_class(resource_type: str) -> type[Any] | None:
 
 
 def is_resource_type(resource_type: str) -> bool:
-    return model_class(resource_type) is not None
+    return resource_type in _elements()
+
+
+def resource_types() -> tuple[str, ...]:
+    """The concrete resource types the models know."""
+    return tuple(_elements())
+
+
+def element_names(resource_type: str) -> frozenset[str]:
+    """JSON names of the top-level elements of a resource type (choice elements with their type suffix)."""
+    return _elements().get(resource_type, frozenset())
 
 
 @cache
-def resource_types() -> tuple[str, ...]:
-    """Every resource type the models know (imports them all once)."""
-    names = []
+def _elements() -> dict[str, frozenset[str]]:
+    """Each resource type's element names, from a file kept beside this module (ELEMENTS_FILE): finding them in the
+    models imports every model class, which costs a server process 80 MiB and its first CapabilityStatement 2 s.
+    `python -m app.fhir.resources` writes it again after an upgrade of fhir.resources; a test keeps it equal."""
+    found = orjson.loads(ELEMENTS_FILE.read_bytes())
+    return {resource_type: frozenset(names) for resource_type, names in found.items()}
+
+
+def model_elements() -> dict[str, list[str]]:
+    """Each concrete resource type's element names, found by importing every model class."""
+    found: dict[str, list[str]] = {}
     for module in pkgutil.iter_modules(r4b.__path__):
         if module.name.startswith("_") or module.name in ("fhirtypes", "fhirtypesvalidators"):
             continue
         cls_name = _class_name(module.name)
-        if cls_name and is_resource_type(cls_name):
-            names.append(cls_name)
-    return tuple(sorted(names))
+        if cls_name is None or cls_name in ("Resource", "DomainResource"):
+            continue
+        cls = model_class(cls_name)
+        if cls is not None:
+            found[cls_name] = sorted(_aliases(cls))
+    return dict(sorted(found.items()))
 
 
 def _class_name(module_name: str) -> str | None:
@@ -65,13 +89,6 @@ def _class_name(module_name: str) -> str | None:
         if name.lower() == module_name:
             return name
     return None
-
-
-@cache
-def element_names(resource_type: str) -> frozenset[str]:
-    """JSON names of the top-level elements of a resource type (choice elements with their type suffix)."""
-    cls = model_class(resource_type)
-    return frozenset(_aliases(cls)) if cls else frozenset()
 
 
 @cache
@@ -124,3 +141,8 @@ def location(resource_type: str, loc: tuple[int | str, ...]) -> str:
         elif part and not part.startswith("function-") and part != "__root__":
             path += f".{part}"
     return path
+
+
+if __name__ == "__main__":
+    lines = [f'  "{name}": {orjson.dumps(elements).decode()}' for name, elements in model_elements().items()]
+    ELEMENTS_FILE.write_text("{\n" + ",\n".join(lines) + "\n}\n")
