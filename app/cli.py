@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -90,7 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qiao: refusing to serve on {args.host} with QIAO_AUTH=false: without authentication, serve on loopback only",
                   file=sys.stderr)
             return 2
-        migrate()
+        if args.workers > 1:  # in a child, so that alembic and the table models stay out of the supervisor (33 MiB)
+            migration = multiprocessing.get_context("spawn").Process(target=migrate)
+            migration.start()
+            migration.join()
+            if migration.exitcode != 0:
+                return 1
+        else:
+            migrate()
         serve(args.host, args.port, args.workers)
         return 0
     migrate()

@@ -20,6 +20,8 @@ import httpx
 import orjson
 import psycopg
 
+from app import db
+from app.auth import clients, smart
 from tests.benchmarks.common import ADMIN_URL, mib, migrated_database, operator_token, qiao_server
 from tests.builders import blood_pressure, patient
 
@@ -71,11 +73,32 @@ def copy_rate(url: str) -> tuple[float, int]:
     return count / (time.perf_counter() - started), count
 
 
+def hospital(url: str) -> tuple[dict[str, str], int]:
+    """A hospital's client (policy: the residents in its care, every second one here) and what it may see."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM care_relation")
+        conn.execute("INSERT INTO care_relation (resource_pk, patient_id, org_id)"
+                     " SELECT pk, res_id, 'hosp-1' FROM resource WHERE res_type = 'Patient' AND pk % 2 = 0")
+        conn.execute("ANALYZE care_relation")
+        visible = int(conn.execute("SELECT count(*) FROM resource r WHERE r.res_type <> 'AuditEvent' AND EXISTS"
+                                   " (SELECT 1 FROM care_relation c WHERE c.patient_id = r.patient)").fetchone()[0])  # type: ignore[index]
+    engine = db.make_engine(url)
+    db.set_engine(engine)
+    with db.transaction() as session:
+        clients.add(session, "hospital", organization="hosp-1", scope="system/*.rs",
+                    jwks={"keys": [{"kty": "EC", "kid": "unused", "crv": "P-384", "x": "x", "y": "y"}]})
+        token = smart.mint(session, "hospital", "hosp-1", "system/*.rs", access="organization", purpose="TREAT", lifetime=3600)
+    engine.dispose()
+    return {"Authorization": f"Bearer {token}"}, visible
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--resources", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reuse", action="store_true", help=f"keep the seeded database {DATABASE} from an earlier run")
+    parser.add_argument("--as-hospital", action="store_true",
+                        help="export as a hospital's client under the institution policy; it cares for every second resident")
     args = parser.parse_args()
     url = ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}"
     if not args.reuse:
@@ -85,9 +108,12 @@ def main() -> None:
         print(f"seeded {args.resources:,} resources in SQL in {time.perf_counter() - started:.0f} s")
     baseline, count = copy_rate(url)
     print(f"baseline: PostgreSQL COPY of the stored JSON  {baseline:,.0f} resources/s")
+    headers = operator_token(url, "system/*.rs")
+    if args.as_hospital:
+        headers, count = hospital(url)
+        print(f"as a hospital's client: {count:,} of the resources are its residents'")
 
     data_dir = Path(tempfile.mkdtemp(prefix="qiao-bench-bulk-"))
-    headers = operator_token(url, "system/*.rs")
     with qiao_server(url, workers=args.workers, env={"QIAO_DATA_DIR": str(data_dir)}) as server:
         idle = server.rss_bytes()
         server.sample_rss(0.1)
