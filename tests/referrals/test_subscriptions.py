@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from app import db
 from app.config import get_settings
 from app.subscriptions import service
-from app.subscriptions.registry import FILTER, PAYLOAD_CONTENT, SECRET
+from app.subscriptions.registry import FILTER, HEARTBEAT, PAYLOAD_CONTENT, SECRET
 from tests.builders import patient
 from tests.referrals.conftest import Receiver
 from tests.referrals.test_workflow import FHIR_JSON, Headers, move, post, refer_up
@@ -125,3 +125,18 @@ def test_the_capability_statement_declares_the_topics(client: TestClient) -> Non
     assert TOPIC in [e["valueCanonical"] for e in subscription["extension"]]
     assert [o["name"] for o in subscription["operation"]] == ["status", "events"]
     assert "http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/CapabilitySubscriptionServer" in statement["instantiates"]
+
+
+def test_a_quiet_subscription_gets_signed_heartbeats_at_its_period(
+        client: TestClient, institutions: dict[str, Headers], receivers: dict[str, Receiver]) -> None:
+    secret = "hospital-secret-0123456789"
+    resource = subscription(receivers["hospital"].url, secret, "Task?owner=Organization/hosp-1", content="empty")
+    resource["channel"]["extension"].append({"url": HEARTBEAT, "valueUnsignedInt": 1})
+    post(client, institutions["hospital"], resource)
+    started = time.monotonic()
+    got = receivers["hospital"].wait_for(lambda b: kinds(b) == ["handshake", "heartbeat", "heartbeat"], timeout=10)
+    assert time.monotonic() - started >= 1.5  # one period apart, not sent back to back
+    beat = got[-1]
+    assert status_of(beat)["events-since-subscription-start"]["valueString"] == "0" and len(beat["entry"]) == 1
+    headers, body = receivers["hospital"].received[-1]
+    assert headers["x-qiao-signature"] == "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
