@@ -2,6 +2,7 @@
 a job interrupted by a shutdown or a dead process resuming, or failing with a clear error."""
 
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -91,6 +92,7 @@ def test_an_export_holds_each_resource_as_it_was_at_its_transaction_time(app_eng
     job_id = _job(params.ExportRequest(params.SYSTEM, types=["Organization"]))
     with db.transaction() as session:
         session.execute(update(bulk_job).where(bulk_job.c.id == job_id).values(transaction_time=dates.now()))
+    time.sleep(0.002)  # lastUpdated is in milliseconds: a change in the same millisecond would be at the transaction time
     with db.transaction() as session:
         store.update(session, "Organization", stored.resource_id, {"resourceType": "Organization", "id": stored.resource_id, "name": "新名"})
         store.create(session, "Organization", {"resourceType": "Organization", "name": "后来的"})
