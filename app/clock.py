@@ -1,15 +1,15 @@
 """Work that falls due with the passage of time rather than with a write: a registry member's enrolment ends on a
 date it named months ago, and nothing is written that day. Each pass is handed the stretch of time it has not seen,
-(done_until, now], finds what fell due in it and handles it in batches, one transaction each. Its watermark is kept
-in `clock_pass` with a lease, so that of several server processes (and `qiao clock`) one runs a pass at a time,
-and a pass interrupted half-way is run again over the same stretch: handling must be idempotent.
+(done_until, now], finds what fell due in it and handles it in batches, one transaction each. Every server process
+runs the clock every `clock_seconds` (app/periodic.py), and `qiao clock` runs it once. A pass's watermark is kept in
+`clock_pass` with a lease, so that one of them runs a pass at a time, and a pass interrupted half-way is run again
+over the same stretch: handling must be idempotent.
 
 A pass that has never run starts from the beginning of time (on a fresh database that finds nothing); the migration
 that introduces a pass over existing data records its upgrade time instead.
 """
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -104,26 +104,3 @@ def _release(name: str, done_until: int) -> None:
 def _renew(session: Session, name: str) -> None:
     session.execute(update(clock_pass).where(clock_pass.c.name == name).values(
         lease_until=dates.now() + timedelta(seconds=LEASE_SECONDS)))
-
-
-class Worker:
-    """A thread per server process that runs the passes every `clock_seconds`."""
-
-    def __init__(self, every: float) -> None:
-        self._every = every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="qiao-clock", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._every):
-            try:
-                run()
-            except Exception as error:  # noqa: BLE001 - keep serving; the watermark stays where it was
-                log.error("clock.pass_failed", exc_info=error, extra=fields(error=type(error).__name__))

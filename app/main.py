@@ -30,6 +30,7 @@ from app.ingest import pipeline
 from app.ingest import routes as ingest_routes
 from app.logging import fields
 from app.mpi import routes as mpi_routes
+from app.periodic import Periodic
 from app.subscriptions import delivery, outbox
 from app.subscriptions import routes as subscription_routes
 
@@ -48,9 +49,9 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     deliverer = delivery.Worker()
     outbox.on_commit(deliverer.wake)
     deliverer.start()
-    exporter = bulk_worker.Worker()
+    exporter = Periodic("bulk", settings.bulk_poll_seconds, bulk_worker.Worker().run_once)
     exporter.start()
-    ticker = clock.Worker(settings.clock_seconds)
+    ticker = Periodic("clock", settings.clock_seconds, lambda _stopping: clock.run())
     ticker.start()
     listener = await mllp.serve(settings.mllp_host, settings.mllp_port, _mllp_message) if settings.mllp_port else None
     try:
