@@ -292,7 +292,7 @@ def run_clock() -> int:
     from app import clock
 
     for name, changed in clock.run().items():
-        print(f"{name}\t" + ("running in another process" if changed is None else f"changed {changed}"))
+        print(f"{name}\t" + ("not run: another process holds it, or older writes are still open" if changed is None else f"changed {changed}"))
     return 0
 
 

@@ -51,8 +51,8 @@ def passes() -> list[Pass]:
 
 
 def run(only: list[Pass] | None = None) -> dict[str, int | None]:
-    """Run every pass not running elsewhere, up to now: {pass: things changed, or None when another process holds
-    it}."""
+    """Run every pass up to now: {pass: things changed, or None when it was not run (another process holds it, or
+    write transactions older than now were still open after SETTLE_SECONDS)}."""
     return {p.name: run_pass(p) for p in (only if only is not None else passes())}
 
 

@@ -108,10 +108,11 @@ def main() -> None:
         print(f"seeded {args.resources:,} resources in SQL in {time.perf_counter() - started:.0f} s")
     baseline, count = copy_rate(url)
     print(f"baseline: PostgreSQL COPY of the stored JSON  {baseline:,.0f} resources/s")
-    headers = operator_token(url, "system/*.rs")
     if args.as_hospital:
         headers, count = hospital(url)
         print(f"as a hospital's client: {count:,} of the resources are its residents'")
+    else:
+        headers = operator_token(url, "system/*.rs")
 
     data_dir = Path(tempfile.mkdtemp(prefix="qiao-bench-bulk-"))
     with qiao_server(url, workers=args.workers, env={"QIAO_DATA_DIR": str(data_dir)}) as server:
