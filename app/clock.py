@@ -46,8 +46,9 @@ class Pass:
 
 def passes() -> list[Pass]:
     from app.cdc import registries
+    from app.referrals import escalations
 
-    return [Pass("registries", registries.due, registries.refresh)]
+    return [Pass("registries", registries.due, registries.refresh), Pass("escalations", escalations.due, escalations.escalate)]
 
 
 def run(only: list[Pass] | None = None) -> dict[str, int | None]:

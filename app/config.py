@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     referral_followup_days: int = 14
     #: Days the family doctor has to follow up a resident referred back down by the hospital.
     referral_downward_followup_days: int = 14
+    #: Service levels of a sent referral: hours within which the receiver must receive it and accept it, else an
+    #: escalation is raised (app/referrals/escalations.py); 0 turns one off. Set when the referral is sent.
+    escalate_not_received_hours: float = 24
+    escalate_not_accepted_hours: float = 72
     #: How often each server process looks for notifications to deliver (seconds); its own writes wake it at once.
     subscription_poll_seconds: float = 0.2
     #: Deliveries each server process makes at the same time (to different subscriptions).
@@ -67,7 +71,7 @@ class Settings(BaseSettings):
     #: The longest wait between retries of a failing delivery (seconds).
     subscription_max_backoff: int = 300
     #: How often each server process runs the work that falls due with time (app/clock.py: registry entries whose
-    #: enrolment started or ended), in seconds; `qiao clock` runs it once, e.g. from cron.
+    #: enrolment started or ended, referral deadlines that passed), in seconds; `qiao clock` runs it once, e.g. from cron.
     clock_seconds: float = 300
     #: Bulk Data export: how often each server process looks for an export to run (seconds).
     bulk_poll_seconds: float = 0.5

@@ -20,6 +20,11 @@ def recording(seen: list[tuple[int, int]], fail: bool = False) -> clock.Pass:
     return clock.Pass("test", due, handle)
 
 
+def clock_said(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    """What `qiao clock` printed: {pass: "changed N" or why it did not run}."""
+    return dict(line.split("\t", 1) for line in capsys.readouterr().out.splitlines())
+
+
 def watermark() -> int:
     with db.read_session() as session:
         return int(session.execute(select(clock.clock_pass.c.done_until).where(clock.clock_pass.c.name == "test")).scalar_one())

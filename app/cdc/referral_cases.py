@@ -22,7 +22,7 @@ from app.cdc import registries
 from app.cdc.cases import Case, case
 from app.cdc.population import Period
 from app.config import get_settings
-from app.referrals import workflow
+from app.referrals import stages, workflow
 from app.store import dates, query
 from app.store.query import Sql
 
@@ -60,7 +60,7 @@ def followup_completion(session: Session, period: Period, principal: Principal) 
     start, end = sql.param(dates.micros(period.start)), sql.param(dates.micros(period.end))
     where = ["r.res_type = 'Task'", "r.deleted = FALSE",
              "EXISTS (SELECT 1 FROM search_token k WHERE k.resource_pk = r.pk AND k.res_type = 'Task' AND k.param = 'code'"
-             f" AND k.system = {sql.constant(workflow.TASK_CODE_SYSTEM)} AND k.code = {sql.param(workflow.FOLLOW_UP)})",
+             f" AND k.system = {sql.constant(stages.TASK_CODE_SYSTEM)} AND k.code = {sql.param(stages.FOLLOW_UP)})",
              "EXISTS (SELECT 1 FROM search_date a WHERE a.resource_pk = r.pk AND a.res_type = 'Task' AND a.param = 'authored-on'"
              f" AND a.low >= {start} AND a.low < {end})"]
     tasks = _tasks(session, sql, where, principal)
@@ -104,8 +104,7 @@ def _parts(session: Session, task_ids: list[str]) -> list[dict[str, Any]]:
             " AND r.deleted = FALSE"), sql.params)
         for (text,) in rows:
             task = orjson.loads(text)
-            if any(c.get("system") == workflow.TASK_CODE_SYSTEM and c.get("code") == workflow.FOLLOW_UP
-                   for c in (task.get("code") or {}).get("coding") or []):
+            if stages.is_follow_up(task):
                 found.append(task)
     return found
 

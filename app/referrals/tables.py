@@ -1,6 +1,7 @@
-"""Every move of a referral Task (who, when, why): the trail behind loop metrics such as time to accept."""
+"""The referral workflow's own tables: every move of a referral Task (who, when, why), the trail behind loop metrics such
+as time to accept; and the deadlines its service levels set, which the clock's escalations pass watches."""
 
-from sqlalchemy import Column, DateTime, Integer, String, Table
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, String, Table
 
 from app.db import metadata
 from app.store.tables import PrimaryKey
@@ -18,4 +19,13 @@ referral_transition = Table(
     Column("actor_client", String(255), nullable=False),
     Column("reason", String(500), nullable=True),
     Column("at", DateTime(timezone=True), nullable=False),
+)
+
+referral_deadline = Table(
+    "referral_deadline",
+    metadata,
+    Column("task_id", String(64), primary_key=True),  # the referral or follow-up Task the deadline is for
+    Column("kind", String(32), primary_key=True),  # a service level (app/referrals/escalations.py)
+    Column("due_at", BigInteger, primary_key=True),  # microseconds since the epoch
+    Index("ix_referral_deadline_due_at", "due_at"),
 )

@@ -5,14 +5,11 @@ follow-up when the hospital completes it.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
@@ -20,14 +17,13 @@ from app.auth.principal import SYSTEM, Principal
 from app.auth.relations import reference_id
 from app.config import get_settings
 from app.errors import Conflict, Forbidden, Unprocessable
+from app.referrals import escalations
+from app.referrals.stages import FOLLOW_UP, TASK_CODE_SYSTEM, business_status, is_referral, machine, stage_of
 from app.referrals.tables import referral_transition
 from app.store import dates
 from app.store import repository as store
 from app.store.rules import WriteRule
 
-STAGES_FILE = Path(__file__).with_name("stages.yaml")
-TASK_CODE_SYSTEM = "urn:qiao:task-code"
-FOLLOW_UP = "referral-follow-up"
 DIRECTION_SYSTEM = "urn:qiao:referral-direction"
 UPWARD, DOWNWARD = "upward", "downward"
 REFERRAL_CATEGORY = {"system": "http://snomed.info/sct", "code": "3457005", "display": "Patient referral"}
@@ -36,59 +32,10 @@ _MOVES = "referral.moves"  # session.info: Task id → the move its check allowe
 
 
 @dataclass(frozen=True)
-class Stage:
-    code: str
-    status: str
-    display: str
-    bser: str | None = None
-    needs_reason: bool = False
-
-
-@dataclass(frozen=True)
-class Machine:
-    system: str
-    stages: dict[str, Stage]
-    by_status: dict[str, str]
-    initial: frozenset[str]
-    transitions: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def allowed(self, stage: str, roles: set[str]) -> list[str]:
-        return [to for to, actor in self.transitions.get(stage, {}).items() if actor in roles]
-
-
-@dataclass(frozen=True)
 class Move:
     from_stage: str | None
     to_stage: str
     role: str
-
-
-@cache
-def machine() -> Machine:
-    data = yaml.safe_load(STAGES_FILE.read_text(encoding="utf-8"))
-    stages = {code: Stage(code, **spec) for code, spec in data["stages"].items()}
-    return Machine(data["system"], stages, data["by_status"], frozenset(data["initial"]), data["transitions"])
-
-
-def is_referral(content: dict[str, Any] | None) -> bool:
-    return bool(content) and content.get("resourceType") == "Task" and reference_id(content.get("focus"), "ServiceRequest") is not None  # type: ignore[union-attr]
-
-
-def stage_of(content: dict[str, Any]) -> str:
-    """The stage a Task is in: its businessStatus from Qiao's CodeSystem, else the one its status means."""
-    rules = machine()
-    codes = [c.get("code") for c in (content.get("businessStatus") or {}).get("coding") or [] if c.get("system") == rules.system]
-    status = str(content.get("status"))
-    if codes:
-        stage = rules.stages.get(str(codes[0]))
-        if stage is None:
-            raise Unprocessable(f"businessStatus {codes[0]!r} is not a stage of {rules.system} (known: {', '.join(rules.stages)})",
-                                expression=["Task.businessStatus"])
-        if stage.status != status:
-            raise Unprocessable(f"businessStatus {stage.code!r} goes with status {stage.status!r}, not {status!r}",
-                                expression=["Task.status"])
-        return stage.code
-    return rules.by_status[status]
 
 
 def _roles(principal: Principal, content: dict[str, Any]) -> set[str]:
@@ -107,6 +54,7 @@ def check(session: Session, write: Any, principal: Principal) -> None:
     """Refuse a move the table does not allow this actor; complete businessStatus; note the move for `after`."""
     previous = store.content(session, "Task", write.resource_id) if write.current and not write.current.deleted else None
     content = write.content
+    escalations.check(write, previous, principal)
     if not is_referral(content) and not is_referral(previous):
         return
     rules = machine()
@@ -115,7 +63,7 @@ def check(session: Session, write: Any, principal: Principal) -> None:
             raise Conflict("a referral Task that was sent is never deleted; move it to entered-in-error instead", expression=["Task"])
         return
     stage = rules.stages[stage_of(content)]
-    content["businessStatus"] = _business(stage.code)
+    content["businessStatus"] = business_status(stage.code)
     roles = _roles(principal, content)
     if previous is None:
         if REQUESTER not in roles:
@@ -168,12 +116,11 @@ def after(session: Session, written: Sequence[Any], principal: Principal) -> Non
         if stored.deleted or stored.content is None:
             continue
         content = orjson.loads(stored.content)
-        if not is_referral(content):
-            continue
-        if move is None:
-            if not stored.created:
-                continue  # an edit within a stage
+        if move is None and stored.created and is_referral(content):
             move = Move(None, stage_of(content), "server")
+        escalations.track(session, stored, content, sent=move is not None and move.to_stage == "requested")
+        if move is None:
+            continue  # not a referral, or an edit within a stage
         session.execute(insert(referral_transition).values(
             task_id=stored.resource_id, version_id=stored.version_id, from_stage=move.from_stage, to_stage=move.to_stage,
             actor_role=move.role, actor_org=principal.organization, actor_client=principal.client_id,
@@ -242,18 +189,13 @@ def downward(task: dict[str, Any], request: dict[str, Any], stored: Any) -> tupl
     down_task = {
         "resourceType": "Task", "id": store.new_id(), "status": "requested", "intent": "order",
         "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
-        "businessStatus": _business("requested"), "focus": {"reference": f"ServiceRequest/{down_request['id']}"},
+        "businessStatus": business_status("requested"), "focus": {"reference": f"ServiceRequest/{down_request['id']}"},
         "for": task.get("for"), "partOf": [{"reference": f"Task/{stored.resource_id}"}],
         "basedOn": [{"reference": f"ServiceRequest/{request['id']}"}], "authoredOn": now,
         "requester": hospital, "owner": community, "input": [
             {"type": {"text": "上转结果"}, "valueReference": ref} for ref in outcome],
     }
     return down_request, down_task
-
-
-def _business(code: str) -> dict[str, Any]:
-    stage = machine().stages[code]
-    return {"coding": [{"system": machine().system, "code": code, "display": stage.display}], "text": stage.display}
 
 
 def _create(session: Session, principal: Principal, resources: list[dict[str, Any]]) -> None:

@@ -10,17 +10,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from app.auth.relations import reference_id
 from app.cdc import registries
 from app.config import get_settings
 from app.errors import Unprocessable
+from app.referrals import escalations, stages
 from app.store.indexing import index_rows, normalise
 from app.store.search_parameters import parameters_for
 
 REFERRAL = "urn:qiao:topic:referral"
 REGISTRY = "urn:qiao:topic:registry"
+ESCALATION = "urn:qiao:topic:escalation"
 REFERRAL_CATEGORY_CODE = "3457005"  # SNOMED CT: patient referral
-FOLLOW_UP = ("urn:qiao:task-code", "referral-follow-up")
 FILTERABLE = ("token", "reference", "string")
 
 #: one filter: a resource type and its ANDed parameters, each with ORed values
@@ -38,8 +38,7 @@ class Topic:
 def _is_referral_traffic(content: dict[str, Any]) -> bool:
     """Referral Tasks and ServiceRequests, and the follow-up Tasks they open."""
     if content["resourceType"] == "Task":
-        codes = {(c.get("system"), c.get("code")) for c in (content.get("code") or {}).get("coding") or []}
-        return reference_id(content.get("focus"), "ServiceRequest") is not None or FOLLOW_UP in codes
+        return stages.is_referral(content) or stages.is_follow_up(content)
     return any(c.get("code") == REFERRAL_CATEGORY_CODE or c.get("system") == "urn:qiao:referral-direction"
                for category in content.get("category") or [] for c in category.get("coding") or [])
 
@@ -50,6 +49,9 @@ TOPICS = {
     REGISTRY: Topic(REGISTRY, "Registry entries (EpisodeOfCare of type urn:qiao:registry): a resident joined or left a "
                     "chronic-disease registry, or their managing organization or district changed",
                     frozenset({"EpisodeOfCare"}), registries.is_entry),
+    ESCALATION: Topic(ESCALATION, "Escalations (Task of code urn:qiao:task-code|escalation): a referral or its follow-up "
+                      "missed a service level (not received, not accepted, follow-up overdue), or such a miss was resolved",
+                      frozenset({"Task"}), escalations.is_escalation),
 }
 
 

@@ -21,9 +21,9 @@ from tests.referrals.test_workflow import FHIR_JSON, Headers, move, post, refer_
 TOPIC = "urn:qiao:topic:referral"
 
 
-def subscription(endpoint: str, secret: str, *filters: str, content: str = "full-resource") -> dict[str, Any]:
+def subscription(endpoint: str, secret: str, *filters: str, content: str = "full-resource", topic: str = TOPIC) -> dict[str, Any]:
     resource: dict[str, Any] = {
-        "resourceType": "Subscription", "status": "requested", "reason": "referrals", "criteria": TOPIC,
+        "resourceType": "Subscription", "status": "requested", "reason": "referrals", "criteria": topic,
         "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
                     "_payload": {"extension": [{"url": PAYLOAD_CONTENT, "valueCode": content}]},
                     "header": ["Authorization: Bearer receiver-token"],
