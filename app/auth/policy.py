@@ -67,22 +67,32 @@ def may(principal: Principal, resource_type: str, interaction: str) -> bool:
 
 def visible(session: Session, principal: Principal, rows: Sequence[Owned]) -> list[bool]:
     """For each row, whether the principal may see it (one query for the whole batch)."""
-    if principal.unrestricted:
-        return [True] * len(rows)
-    org = principal.organization or ""
+    return visible_to_each(session, [principal], rows)[0]
+
+
+def visible_to_each(session: Session, principals: Sequence[Principal], rows: Sequence[Owned]) -> list[list[bool]]:
+    """`visible` for several principals at once (the subscribers to a change): one query however many there are."""
+    restricted = [p for p in principals if not p.unrestricted]
+    orgs = {p.organization or "" for p in restricted}
     private = private_types()
-    patients = {r.patient for r in rows if r.patient and r.org != org and r.resource_type not in private}
-    denied: set[str] = set()
-    caring: set[str] = set()
+    patients = {r.patient for r in rows if r.patient and r.resource_type not in private and any(r.org != o for o in orgs)}
+    denied: set[tuple[str, str]] = set()
+    caring: set[tuple[str, str]] = set()
     if patients:
-        denials = select(consent_denial.c.patient_id, literal("denied").label("fact")).where(
-            consent_denial.c.patient_id.in_(patients), consent_denial.c.org_id.in_([org, "*"]))
-        cares = select(care_relation.c.patient_id, literal("caring").label("fact")).where(
-            care_relation.c.patient_id.in_(patients), care_relation.c.org_id == org)
-        statement = denials if principal.every_resident else union_all(denials, cares)
-        for patient_id, fact in session.connection().execute(statement):
-            (denied if fact == "denied" else caring).add(patient_id)
-    return [decide(principal, row, denied=row.patient in denied, caring=row.patient in caring) for row in rows]
+        denials = select(consent_denial.c.patient_id, consent_denial.c.org_id, literal("denied").label("fact")).where(
+            consent_denial.c.patient_id.in_(patients), consent_denial.c.org_id.in_([*orgs, "*"]))
+        carers = {p.organization or "" for p in restricted if not p.every_resident}
+        cares = select(care_relation.c.patient_id, care_relation.c.org_id, literal("caring").label("fact")).where(
+            care_relation.c.patient_id.in_(patients), care_relation.c.org_id.in_(carers))
+        for patient_id, org_id, fact in session.connection().execute(union_all(denials, cares) if carers else denials):
+            (denied if fact == "denied" else caring).add((patient_id, org_id))
+
+    def seen(principal: Principal, row: Owned) -> bool:
+        org = principal.organization or ""
+        return decide(principal, row, denied=(row.patient, org) in denied or (row.patient, "*") in denied,
+                      caring=(row.patient, org) in caring)
+
+    return [[seen(principal, row) for row in rows] for principal in principals]
 
 
 #: Bound to the principal's organization when the facts are read with the row (`fact_columns`).

@@ -56,17 +56,18 @@ def claim(limit: int) -> list[str]:
                 or_(state.events_count > state.delivered_through, state.status == "requested", state.heartbeat_at <= now),
             ).order_by(state.next_attempt_at).limit(limit)
         ).scalars().all()
-    claimed = []
-    for subscription_id in due:
-        with db.transaction() as session:
-            taken = session.connection().execute(
-                update(subscription_state)
-                .where(state.subscription_id == subscription_id, or_(state.lease_until.is_(None), state.lease_until < now))
-                .values(lease_until=now + timedelta(seconds=LEASE_SECONDS))
-            ).rowcount
-        if taken:
-            claimed.append(subscription_id)
-    return claimed
+    if not due:
+        return []
+    # One statement. It leaves out a subscription another process leased meanwhile, and one whose row a writer holds
+    # (its event counter, until commit; the commit wakes this worker again): waiting for it could deadlock, as the
+    # writer may be waiting for a row this claim took.
+    free = (select(state.subscription_id).where(state.subscription_id.in_(due), or_(state.lease_until.is_(None), state.lease_until < now))
+            .order_by(state.subscription_id).with_for_update(skip_locked=True))
+    with db.transaction() as session:
+        return list(session.execute(
+            update(subscription_state).where(state.subscription_id.in_(free.scalar_subquery()))
+            .values(lease_until=now + timedelta(seconds=LEASE_SECONDS)).returning(state.subscription_id)
+        ).scalars())
 
 
 def deliver(subscription_id: str, client: httpx.Client) -> None:

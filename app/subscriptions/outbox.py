@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import case, event, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.auth import policy
@@ -42,32 +42,62 @@ def after(session: Session, written: Sequence[Any], _principal: Principal) -> No
     if not raised:
         return
     subscriptions = session.execute(select(subscription_state).where(
-        subscription_state.c.topic.in_(list(raised)), subscription_state.c.status.in_(LIVE))
-        .order_by(subscription_state.c.subscription_id)).all()  # one lock order: no deadlock between writers
-    rows: list[dict[str, Any]] = []
-    seen: dict[tuple[str, str | None, str], list[bool]] = {}  # the policy depends on organization and access only
+        subscription_state.c.topic.in_(list(raised)), subscription_state.c.status.in_(LIVE))).all()
+    indexed: dict[int, Any] = {}  # a changed resource's index rows, for the filters: made once, not per subscription
+    wanted: dict[str, tuple[Principal, list[int]]] = {}  # subscription → its subscriber and the positions it wants
     for subscription in subscriptions:
         subscriber = Principal(subscription.client_id, subscription.org, scope_syntax.parse(subscription.scope), access=subscription.access)
-        items = raised[subscription.topic]
-        key = (subscription.topic, subscription.org, subscription.access)
-        if key not in seen:
-            seen[key] = policy.visible(session, subscriber, [s for s, _ in items])
         filters = [(t, [(n, list(v)) for n, v in p]) for t, p in orjson.loads(subscription.filters)]
-        wanted = [s for (s, c), visible in zip(items, seen[key], strict=True)
-                  if visible and policy.may(subscriber, s.resource_type, "r") and topics.matches(filters, c)]
-        if not wanted:
-            continue
-        last = session.execute(
-            update(subscription_state).where(subscription_state.c.subscription_id == subscription.subscription_id)
-            .values(events_count=subscription_state.c.events_count + len(wanted)).returning(subscription_state.c.events_count)
-        ).scalar_one()
-        first = last - len(wanted) + 1
-        rows.extend({"subscription_id": subscription.subscription_id, "event_number": first + i, "resource_pk": s.pk,
-                     "version_id": s.version_id, "res_type": s.resource_type, "res_id": s.resource_id, "at": s.last_updated}
-                    for i, s in enumerate(wanted))
-    if rows:
-        session.execute(insert(subscription_event), rows)
-        session.info[_RAISED] = True
+        positions = [i for i, (s, c) in enumerate(raised[subscription.topic])
+                     if policy.may(subscriber, s.resource_type, "r") and topics.matches(filters, c, indexed)]
+        if positions:
+            wanted[subscription.subscription_id] = (subscriber, positions)
+    if not wanted:
+        return
+    topic_of = {s.subscription_id: s.topic for s in subscriptions}
+    seen = _visibility(session, raised, [(topic_of[sid], subscriber) for sid, (subscriber, _) in wanted.items()])
+    counts = {}
+    for sid, (subscriber, positions) in wanted.items():
+        visible = seen[(topic_of[sid], subscriber.organization, subscriber.access)]
+        positions[:] = [i for i in positions if visible[i]]
+        if positions:
+            counts[sid] = len(positions)
+    if not counts:
+        return
+    rows: list[dict[str, Any]] = []
+    for sid, last in _count(session, counts):
+        items = raised[topic_of[sid]]
+        first = last - counts[sid] + 1
+        rows.extend({"subscription_id": sid, "event_number": first + n, "resource_pk": items[i][0].pk, "version_id": items[i][0].version_id,
+                     "res_type": items[i][0].resource_type, "res_id": items[i][0].resource_id, "at": items[i][0].last_updated}
+                    for n, i in enumerate(wanted[sid][1]))
+    session.execute(insert(subscription_event), rows)
+    session.info[_RAISED] = True
+
+
+def _visibility(session: Session, raised: dict[str, list[tuple[Any, dict[str, Any]]]],
+                subscribers: list[tuple[str, Principal]]) -> dict[tuple[str, str | None, str], list[bool]]:
+    """What each subscriber may see of its topic's changes; the policy depends on organization and access only."""
+    seen: dict[tuple[str, str | None, str], list[bool]] = {}
+    for url, items in raised.items():
+        distinct = {(p.organization, p.access): p for topic, p in subscribers if topic == url}
+        if distinct:
+            rows = [s for s, _ in items]
+            for key, visible in zip(distinct, policy.visible_to_each(session, list(distinct.values()), rows), strict=True):
+                seen[(url, *key)] = visible
+    return seen
+
+
+def _count(session: Session, counts: dict[str, int]) -> list[tuple[str, int]]:
+    """Add each subscription's new events to its counter; (subscription, its last event number). The counter rows are
+    locked in one order (no deadlock between writers) and stay locked until commit."""
+    state = subscription_state.c
+    ids = sorted(counts)
+    session.execute(select(state.subscription_id).where(state.subscription_id.in_(ids)).order_by(state.subscription_id).with_for_update())
+    added = case(*((state.subscription_id == sid, counts[sid]) for sid in ids), else_=0)
+    return [(sid, last) for sid, last in session.execute(
+        update(subscription_state).where(state.subscription_id.in_(ids)).values(events_count=state.events_count + added)
+        .returning(state.subscription_id, state.events_count))]
 
 
 @event.listens_for(Session, "after_commit")

@@ -88,16 +88,20 @@ def parse_filter(chosen: Topic, text: str) -> Filter:
     return resource_type, parameters
 
 
-def matches(filters: list[Filter], content: dict[str, Any]) -> bool:
+def matches(filters: list[Filter], content: dict[str, Any], indexed: dict[int, Any] | None = None) -> bool:
     """Whether a changed resource passes a subscription's filters: all of them when none is given; else those of its
-    type, ANDed (filters that name only other types of the topic leave this type out)."""
+    type, ANDed (filters that name only other types of the topic leave this type out). `indexed` keeps the index
+    rows made for a resource, for the next subscription's filters."""
     if not filters:
         return True
     own = [parameters for resource_type, parameters in filters if resource_type == content["resourceType"]]
     if not own:
         return False
-    settings = get_settings()
-    rows = index_rows(content, zone=settings.zone, base_url=settings.base_url)
+    indexed = {} if indexed is None else indexed
+    rows = indexed.get(id(content))
+    if rows is None:
+        settings = get_settings()
+        rows = indexed[id(content)] = index_rows(content, zone=settings.zone, base_url=settings.base_url)
     known = parameters_for(content["resourceType"])
     return all(
         any(_matches_value(known[name].type, rows, name, value) for value in values)
