@@ -102,14 +102,14 @@ def _resolve(session: Session, task_id: str, task: dict[str, Any]) -> None:
     ids = {escalation_id(kind, task_id): kind for kind in kinds}
     found = store.current_many(session, "Task", ids, lock=True)
     writes = []
-    for escalation_id_, current in found.items():
-        escalation = store.content(session, "Task", escalation_id_)
+    for found_id, current in found.items():
+        escalation = store.content(session, "Task", found_id)
         if current.deleted or escalation is None or escalation.get("status") not in OPEN:
             continue
         now = dates.instant(dates.now())
         escalation |= {"status": "completed", "lastModified": now, "statusReason": {"text": f"已处理：{_where(task)}"},
                        "executionPeriod": {**escalation.get("executionPeriod", {}), "end": now}}
-        writes.append(store.Write("Task", escalation_id_, "PUT", escalation, current))
+        writes.append(store.Write("Task", found_id, "PUT", escalation, current))
     store.apply(session, writes, authorized=True)
 
 

@@ -4,7 +4,7 @@ referral's tracker (a Task whose focus is a ServiceRequest) and the follow-up Ta
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -45,13 +45,16 @@ def machine() -> Machine:
 
 
 def is_referral(content: dict[str, Any] | None) -> bool:
-    return bool(content) and content.get("resourceType") == "Task" and reference_id(content.get("focus"), "ServiceRequest") is not None  # type: ignore[union-attr]
+    return _is_task(content) and reference_id(content.get("focus"), "ServiceRequest") is not None
 
 
 def has_task_code(content: dict[str, Any] | None, code: str) -> bool:
-    return bool(content) and content.get("resourceType") == "Task" and any(  # type: ignore[union-attr]
-        c.get("system") == TASK_CODE_SYSTEM and c.get("code") == code
-        for c in (content.get("code") or {}).get("coding") or [])  # type: ignore[union-attr]
+    return _is_task(content) and any(c.get("system") == TASK_CODE_SYSTEM and c.get("code") == code
+                                     for c in (content.get("code") or {}).get("coding") or [])
+
+
+def _is_task(content: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
+    return content is not None and content.get("resourceType") == "Task"
 
 
 def is_follow_up(content: dict[str, Any] | None) -> bool:

@@ -44,7 +44,7 @@ def after(session: Session, written: Sequence[Any], _principal: Principal) -> No
     subscriptions = session.execute(select(subscription_state).where(
         subscription_state.c.topic.in_(list(raised)), subscription_state.c.status.in_(LIVE))).all()
     indexed: dict[int, Any] = {}  # a changed resource's index rows, for the filters: made once, not per subscription
-    wanted: dict[str, tuple[Principal, list[int]]] = {}  # subscription → its subscriber and the positions it wants
+    wanted: dict[str, tuple[Principal, list[int]]] = {}  # subscription → its subscriber, the positions its filters pass
     for subscription in subscriptions:
         subscriber = Principal(subscription.client_id, subscription.org, scope_syntax.parse(subscription.scope), access=subscription.access)
         filters = [(t, [(n, list(v)) for n, v in p]) for t, p in orjson.loads(subscription.filters)]
@@ -56,21 +56,16 @@ def after(session: Session, written: Sequence[Any], _principal: Principal) -> No
         return
     topic_of = {s.subscription_id: s.topic for s in subscriptions}
     seen = _visibility(session, raised, [(topic_of[sid], subscriber) for sid, (subscriber, _) in wanted.items()])
-    counts = {}
-    for sid, (subscriber, positions) in wanted.items():
-        visible = seen[(topic_of[sid], subscriber.organization, subscriber.access)]
-        positions[:] = [i for i in positions if visible[i]]
-        if positions:
-            counts[sid] = len(positions)
-    if not counts:
+    chosen = {sid: kept for sid, (subscriber, positions) in wanted.items()
+              if (kept := [i for i in positions if seen[(topic_of[sid], subscriber.organization, subscriber.access)][i]])}
+    if not chosen:
         return
     rows: list[dict[str, Any]] = []
-    for sid, last in _count(session, counts):
-        items = raised[topic_of[sid]]
-        first = last - counts[sid] + 1
-        rows.extend({"subscription_id": sid, "event_number": first + n, "resource_pk": items[i][0].pk, "version_id": items[i][0].version_id,
-                     "res_type": items[i][0].resource_type, "res_id": items[i][0].resource_id, "at": items[i][0].last_updated}
-                    for n, i in enumerate(wanted[sid][1]))
+    for sid, last in _count(session, {sid: len(kept) for sid, kept in chosen.items()}):
+        items = [raised[topic_of[sid]][i][0] for i in chosen[sid]]
+        first = last - len(items) + 1
+        rows.extend({"subscription_id": sid, "event_number": first + n, "resource_pk": s.pk, "version_id": s.version_id,
+                     "res_type": s.resource_type, "res_id": s.resource_id, "at": s.last_updated} for n, s in enumerate(items))
     session.execute(insert(subscription_event), rows)
     session.info[_RAISED] = True
 
