@@ -41,15 +41,20 @@ _IDS = uuid.UUID("6f1d3c52-5b0e-4c4e-9d0a-3c1f0e7a2b11")  # namespace of escalat
 class ServiceLevel:
     kind: str
     display: str
-    #: Whether the Task is still waiting for what this service level asks.
-    waiting: Callable[[dict[str, Any]], bool]
+    #: Whether the service level is about this kind of Task (a referral, a follow-up).
+    applies: Callable[[dict[str, Any] | None], bool]
+    #: Whether such a Task is still waiting for what the service level asks.
+    pending: Callable[[dict[str, Any]], bool]
+
+    def waiting(self, task: dict[str, Any]) -> bool:
+        return self.applies(task) and self.pending(task)
 
 
 LEVELS = {
     level.kind: level for level in (
-        ServiceLevel(NOT_RECEIVED, "转诊超时未接收", lambda t: is_referral(t) and stage_of(t) == "requested"),
-        ServiceLevel(NOT_ACCEPTED, "转诊超时未同意", lambda t: is_referral(t) and stage_of(t) in ("requested", "received")),
-        ServiceLevel(FOLLOW_UP_OVERDUE, "转诊随访逾期", lambda t: is_follow_up(t) and t.get("status") in OPEN),
+        ServiceLevel(NOT_RECEIVED, "转诊超时未接收", is_referral, lambda t: stage_of(t) == "requested"),
+        ServiceLevel(NOT_ACCEPTED, "转诊超时未同意", is_referral, lambda t: stage_of(t) in ("requested", "received")),
+        ServiceLevel(FOLLOW_UP_OVERDUE, "转诊随访逾期", is_follow_up, lambda t: t.get("status") in OPEN),
     )
 }
 
@@ -72,7 +77,7 @@ def check(write: Any, previous: dict[str, Any] | None, principal: Principal) -> 
 def track(session: Session, stored: Any, task: dict[str, Any], sent: bool) -> None:
     """Record the deadlines this write of a referral or follow-up Task starts, and complete the escalations it
     resolves."""
-    if not (is_referral(task) or is_follow_up(task)):
+    if not any(level.applies(task) for level in LEVELS.values()):
         return
     at = stored.last_updated
     deadlines: list[tuple[str, datetime]] = []
@@ -98,8 +103,9 @@ def _follow_up_due(task: dict[str, Any]) -> datetime | None:
 
 
 def _resolve(session: Session, task_id: str, task: dict[str, Any]) -> None:
-    kinds = [kind for kind, level in LEVELS.items() if not level.waiting(task)]
-    ids = {escalation_id(kind, task_id): kind for kind in kinds}
+    ids = [escalation_id(kind, task_id) for kind, level in LEVELS.items() if level.applies(task) and not level.pending(task)]
+    if not ids:
+        return  # still waiting on every service level it has (a sent referral's edits): nothing to look up
     found = store.current_many(session, "Task", ids, lock=True)
     writes = []
     for found_id, current in found.items():
