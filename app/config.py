@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     #: escalation is raised (app/referrals/escalations.py); 0 turns one off. Set when the referral is sent.
     escalate_not_received_hours: float = 24
     escalate_not_accepted_hours: float = 72
+    #: Days back a public-health follow-up may date from and still draft a referral under the national rules (two
+    #: uncontrolled follow-ups in a row, or a danger sign: app/referrals/drafts.py); older ones are history being
+    #: loaded. 0 turns drafting off.
+    referral_draft_days: int = 14
     #: How often each server process looks for notifications to deliver (seconds); its own writes wake it at once.
     subscription_poll_seconds: float = 0.2
     #: Deliveries each server process makes at the same time (to different subscriptions).

@@ -59,10 +59,10 @@ def row(encounter: dict[str, Any], patient_id: str | None, observations: Sequenc
     at = dates.start_of((encounter.get("period") or {}).get("start"), get_settings().zone)
     if programme is None or at is None or encounter.get("status") in NOT_HELD:
         return None
-    readings = [o for o in observations
-                if o.get("status") not in NOT_HELD and READING_CODES[programme] in _loinc(o.get("code"))]
+    held = [o for o in observations if o.get("status") not in NOT_HELD]
+    readings = [o for o in held if READING_CODES[programme] in _loinc(o.get("code"))]
     merged = Reading()
-    for observation in readings:
+    for observation in held:  # a diabetes follow-up's blood pressure too: it can be a danger sign
         merged = _merge(merged, reading(observation))
     return {"encounter_id": encounter["id"], "patient_id": patient_id, "programme": programme, "at": dates.micros(at),
             "face_to_face": (encounter.get("class") or {}).get("code") in FACE_TO_FACE, "has_reading": bool(readings),
@@ -103,13 +103,13 @@ def _merge(first: Reading, second: Reading) -> Reading:
 # --- keeping the table current ------------------------------------------------------------------------------------
 
 
-def refresh(session: Session, encounter_ids: Iterable[str]) -> int:
-    """Rewrite the rows of these Encounters from what is stored now; how many follow-ups they are. Each Encounter's
+def refresh(session: Session, encounter_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """Rewrite the rows of these Encounters from what is stored now, and return them. Each Encounter's
     key is locked first, so that an Encounter and a reading of it written by two transactions at once are counted
     together by the second."""
     ids = sorted(set(encounter_ids))
     if not ids:
-        return 0
+        return []
     lock_keys(session, [f"followup:{i}" for i in ids])
     encounters = session.execute(
         select(resource.c.pk, resource.c.res_id, resource.c.patient, resource_version.c.content)
@@ -122,7 +122,7 @@ def refresh(session: Session, encounter_ids: Iterable[str]) -> int:
         if content is not None and programme_of(content) is not None:
             held[res_id] = (pk, patient_id, content)
     if not held:
-        return 0
+        return []
     observations: dict[str, list[dict[str, Any]]] = {}
     for text in session.scalars(
             select(resource_version.c.content)
@@ -142,7 +142,7 @@ def refresh(session: Session, encounter_ids: Iterable[str]) -> int:
         if found is not None:
             rows.append(found | {"encounter_pk": pk})
     bulk_insert(session, indicator_followup, rows)
-    return len(rows)
+    return rows
 
 
 def after(session: Session, written: Sequence[store.Stored], _principal: Principal) -> None:
@@ -163,7 +163,9 @@ def after(session: Session, written: Sequence[store.Stored], _principal: Princip
                     [(s.pk, s.version_id - 1) for s in changed if s.version_id > 1]))):
             if text is not None:
                 encounters |= _reading_of(orjson.loads(text))
-    refresh(session, encounters)
+    from app.referrals import drafts  # imported late: drafts reads this module
+
+    drafts.review(session, refresh(session, encounters))
 
 
 def _reading_of(observation: dict[str, Any]) -> set[str]:
@@ -194,5 +196,5 @@ def rebuild(batch_size: int = 1_000) -> int:
                 .order_by(resource.c.pk).limit(batch_size)).all()
             if not batch:
                 return counted
-            counted += refresh(session, [res_id for _, res_id in batch])
+            counted += len(refresh(session, [res_id for _, res_id in batch]))
         after_pk = batch[-1].pk

@@ -92,7 +92,7 @@ def evaluate(session: Session, measure: Indicator, period: Period, principal: Pr
     for resident in residents.values():
         followup = latest.get(resident.master_id)
         reading = followup.reading if followup else None
-        if reading is None or not _has_value(measure.programme, reading):
+        if reading is None or not has_value(measure.programme, reading):
             cases.append(_case(resident, standard=False, excluded=not rules.lost_is_uncontrolled))
             continue
         assert followup is not None
@@ -111,7 +111,7 @@ def required_followups(period: Period, per_year: int) -> int:
     return max(1, math.floor(per_year * period.days / 365 + 0.5))
 
 
-def _has_value(programme: str, reading: Reading) -> bool:
+def has_value(programme: str, reading: Reading) -> bool:
     if programme == "hypertension":
         return reading.systolic is not None and reading.diastolic is not None
     return reading.glucose is not None

@@ -44,4 +44,5 @@ indicator_followup = Table(
     Column("diastolic", Float, nullable=True),
     Column("glucose", Float, nullable=True),  # mmol/L
     Index(None, "programme", "at"),
+    Index(None, "patient_id", "programme", "at"),  # a record's previous follow-up (app/referrals/drafts.py)
 )

@@ -64,6 +64,8 @@ def check(session: Session, write: Any, principal: Principal) -> None:
         return
     stage = rules.stages[stage_of(content)]
     content["businessStatus"] = business_status(stage.code)
+    if stage.code == "requested" and reference_id(content.get("owner"), "Organization") is None:
+        raise Unprocessable("a referral is sent to a receiving organization: Task.owner names it", expression=["Task.owner"])
     roles = _roles(principal, content)
     if previous is None:
         if REQUESTER not in roles:
@@ -108,6 +110,11 @@ def _note(session: Session, task_id: str, move: Move) -> None:
     session.info.setdefault(_MOVES, {})[task_id] = move
 
 
+def server_move(session: Session, task_id: str, from_stage: str, to_stage: str) -> None:
+    """Announce a move the server itself is about to write (its writes skip `check`), so that it is kept too."""
+    _note(session, task_id, Move(from_stage, to_stage, "server"))
+
+
 def after(session: Session, written: Sequence[Any], principal: Principal) -> None:
     """Record each move, then open what it calls for."""
     moves: dict[str, Move] = session.info.get(_MOVES, {})
@@ -125,6 +132,8 @@ def after(session: Session, written: Sequence[Any], principal: Principal) -> Non
             task_id=stored.resource_id, version_id=stored.version_id, from_stage=move.from_stage, to_stage=move.to_stage,
             actor_role=move.role, actor_org=principal.organization, actor_client=principal.client_id,
             reason=_reason(content), at=stored.last_updated))
+        if move.from_stage == "draft":
+            _settle_request(session, content, move.to_stage)
         _follow_on(session, stored, content, move, principal)
 
 
@@ -132,6 +141,25 @@ def _reason(content: dict[str, Any]) -> str | None:
     reason = content.get("statusReason") or {}
     text = reason.get("text") or next((c.get("display") or c.get("code") for c in reason.get("coding") or []), None)
     return str(text)[:500] if text else None
+
+
+SETTLED_REQUEST = {"requested": "active", "cancelled": "revoked", "entered-in-error": "entered-in-error"}
+
+
+def _settle_request(session: Session, task: dict[str, Any], stage: str) -> None:
+    """A draft referral sent or dropped takes its ServiceRequest along (still a draft: nobody has ordered it yet),
+    so that confirming a draft is one write; a sent one names the receiver as its performer."""
+    request_id = reference_id(task.get("focus"), "ServiceRequest")
+    if stage not in SETTLED_REQUEST or request_id is None:
+        return
+    current = store.current(session, "ServiceRequest", request_id, lock=True)
+    request = store.content(session, "ServiceRequest", request_id) if current is not None else None
+    if request is None or request.get("status") != "draft":
+        return
+    request["status"] = SETTLED_REQUEST[stage]
+    if stage == "requested" and not request.get("performer"):
+        request["performer"] = [task["owner"]]
+    store.apply(session, [store.Write("ServiceRequest", request["id"], "PUT", request, current)], authorized=True)
 
 
 def _follow_on(session: Session, stored: Any, task: dict[str, Any], move: Move, principal: Principal) -> None:

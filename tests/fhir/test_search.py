@@ -111,7 +111,8 @@ def test_include_and_revinclude(client: TestClient, residents: dict[str, dict]) 
     assert ids(client, f"Patient?_id={zw}&_revinclude=*:subject", "include") == [obs["id"]]
     request = post(client, {"resourceType": "ServiceRequest", "status": "active", "intent": "order", "subject": {"reference": f"Patient/{zw}"}})
     task = post(client, {"resourceType": "Task", "status": "requested", "intent": "order",
-                         "focus": {"reference": f"ServiceRequest/{request['id']}"}, "for": {"reference": f"Patient/{zw}"}})
+                         "focus": {"reference": f"ServiceRequest/{request['id']}"}, "for": {"reference": f"Patient/{zw}"},
+                         "owner": {"reference": "Organization/hosp-1"}})
     assert ids(client, "Task?_include=Task:focus", "include") == [request["id"]]
     assert ids(client, "ServiceRequest?_revinclude=Task:focus") == [request["id"]]
     assert ids(client, "ServiceRequest?_revinclude=Task:focus", "include") == [task["id"]]
