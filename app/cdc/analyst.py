@@ -6,6 +6,7 @@ and a chart of control rates per community centre by quarter. Both come from the
 import csv
 import io
 import math
+import statistics
 import warnings
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.principal import Principal
 from app.cdc import indicators, registries
-from app.cdc.cases import DENOMINATOR, NUMERATOR, Case
+from app.cdc.cases import DENOMINATOR, MEASURED, NUMERATOR, Case
 from app.cdc.indicators import Indicator, Rules
 from app.cdc.population import Period
 from app.errors import InvalidRequest
@@ -28,12 +29,15 @@ class Row:
     indicator: Indicator
     organization: str | None  # None: unknown, or the total
     name: str
-    numerator: int
-    denominator: int
+    numerator: int  # a time measure's: the referrals that got there
+    denominator: int  # a time measure's: the referrals sent
+    median_hours: float | None  # a time measure's score
     total: bool = False  # the district's (or the region's) figure
 
     @property
     def rate(self) -> float | None:
+        if self.indicator.scoring != "proportion":
+            return None
         return self.numerator / self.denominator if self.denominator else None
 
 
@@ -54,8 +58,8 @@ def table(session: Session, principal: Principal, year: int, district: str | Non
     names = _names(session, {org for _, _, groups in counted for org in groups})
     rows = []
     for indicator, cases, groups in counted:
-        rows.append(Row(indicator, None, f"district {district}" if district else "all districts", *_counts(cases), total=True))
-        rows += [Row(indicator, org or None, names.get(org, org or "unknown"), *_counts(items)) for org, items in sorted(groups.items())]
+        rows.append(Row(indicator, None, f"district {district}" if district else "all districts", *_counts(indicator, cases), total=True))
+        rows += [Row(indicator, org or None, names.get(org, org or "unknown"), *_counts(indicator, items)) for org, items in sorted(groups.items())]
     return rows
 
 
@@ -67,9 +71,12 @@ def _by_organization(cases: list[Case]) -> dict[str, list[Case]]:
     return groups
 
 
-def _counts(cases: list[Case]) -> tuple[int, int]:
-    """(numerator, denominator)."""
-    return sum(NUMERATOR in c.populations for c in cases), sum(DENOMINATOR in c.populations for c in cases)
+def _counts(indicator: Indicator, cases: list[Case]) -> tuple[int, int, float | None]:
+    """(numerator, denominator, median hours)."""
+    if indicator.scoring == "proportion":
+        return sum(NUMERATOR in c.populations for c in cases), sum(DENOMINATOR in c.populations for c in cases), None
+    values = [c.value for c in cases if c.value is not None]
+    return len(values), sum(MEASURED in c.populations for c in cases), round(statistics.median(values), 2) if values else None
 
 
 def _names(session: Session, org_ids: set[str]) -> dict[str, str]:
@@ -81,10 +88,11 @@ def as_csv(rows: list[Row]) -> str:
     """The table as CSV (UTF-8 with a byte-order mark, so that a spreadsheet opens the Chinese titles as such)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["indicator", "title", "organization", "name", "numerator", "denominator", "rate_percent"])
+    writer.writerow(["indicator", "title", "organization", "name", "numerator", "denominator", "rate_percent", "median_hours"])
     for row in rows:
         writer.writerow([row.indicator.id, row.indicator.title, "*" if row.total else row.organization or "", row.name, row.numerator,
-                         row.denominator, "" if row.rate is None else f"{100 * row.rate:.1f}"])
+                         row.denominator, "" if row.rate is None else f"{100 * row.rate:.1f}",
+                         "" if row.median_hours is None else f"{row.median_hours:g}"])
     return "\ufeff" + out.getvalue()
 
 
@@ -93,6 +101,8 @@ def as_text(rows: list[Row]) -> str:
     lines = []
     for row in rows:
         rate = "-" if row.rate is None else f"{100 * row.rate:5.1f}%"
+        if row.median_hours is not None:
+            rate = f"{row.median_hours:g} h"
         indent = "" if row.total else "  "
         lines.append(f"{row.indicator.id:34} {indent}{row.name:24} {row.numerator:>7,} / {row.denominator:<7,} {rate:>7}")
     return "\n".join(lines) + "\n"
@@ -112,7 +122,7 @@ def control_rates(session: Session, principal: Principal, year: int, district: s
         cases = indicators.within(indicators.evaluate(session, indicator, quarter, principal, rules), None, district)
         groups: list[tuple[str | None, list[Case]]] = [(None, cases), *_by_organization(cases).items()]
         for key, items in groups:
-            numerator, denominator = _counts(items)
+            numerator, denominator, _ = _counts(indicator, items)
             series.setdefault(key, [None] * len(QUARTERS))[number] = round(100 * numerator / denominator, 1) if denominator else None
     return series
 

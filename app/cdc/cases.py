@@ -4,7 +4,8 @@ that a summary counts cases and a subject list names them from the same evaluati
 from dataclasses import dataclass
 
 INITIAL, DENOMINATOR, EXCLUSION, NUMERATOR = "initial-population", "denominator", "denominator-exclusion", "numerator"
-POPULATIONS = (INITIAL, DENOMINATOR, EXCLUSION, NUMERATOR)
+MEASURED, UNMEASURED = "measure-population", "measure-population-exclusion"
+POPULATIONS = {"proportion": (INITIAL, DENOMINATOR, EXCLUSION, NUMERATOR), "continuous-variable": (INITIAL, MEASURED, UNMEASURED)}
 
 
 @dataclass(frozen=True)
@@ -13,6 +14,7 @@ class Case:
     organization: str | None
     district: str | None
     populations: frozenset[str]
+    value: float | None = None  # a continuous-variable measure's observation of this case
 
 
 def case(subject: str, organization: str | None, district: str | None, *, counted: bool, met: bool) -> Case:
@@ -20,3 +22,10 @@ def case(subject: str, organization: str | None, district: str | None, *, counte
     if not counted:
         return Case(subject, organization, district, frozenset({INITIAL, EXCLUSION}))
     return Case(subject, organization, district, frozenset({INITIAL, DENOMINATOR} | ({NUMERATOR} if met else set())))
+
+
+def measured(subject: str, organization: str | None, district: str | None, value: float | None) -> Case:
+    """A continuous-variable case: observed (`value`), or not (yet) observable and so excluded."""
+    if value is None:
+        return Case(subject, organization, district, frozenset({INITIAL, MEASURED, UNMEASURED}))
+    return Case(subject, organization, district, frozenset({INITIAL, MEASURED}), value)

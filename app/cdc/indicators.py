@@ -34,8 +34,9 @@ class Indicator:
     title: str
     numerator: str
     denominator: str
-    kind: str  # control | standardized | closed-loop | followup-completion
+    kind: str  # control | standardized | closed-loop | followup-completion | time-to-accept | time-to-complete | escalations
     programme: str | None = None  # the registry's programme, for the disease indicators
+    scoring: str = "proportion"  # or continuous-variable: the median of the cases' values, in hours
 
 
 INDICATORS = {i.id: i for i in (
@@ -51,6 +52,12 @@ INDICATORS = {i.id: i for i in (
               "期内到期且按时完成的转诊随访任务数", "期内到期的转诊随访任务数", "followup-completion"),
     Indicator("referral-closed-loop-rate", "上转闭环率 (referral closed-loop rate)",
               "期内发起且结果已回传、社区已随访的上转数", "期内发起的上转数", "closed-loop"),
+    Indicator("referral-time-to-accept", "上转接收时长 (time to accept an upward referral, median hours)",
+              "从发出到接收医院同意的小时数", "期内发起的上转数（尚未同意者除外）", "time-to-accept", scoring="continuous-variable"),
+    Indicator("referral-time-to-complete", "上转结果回传时长 (time to complete an upward referral, median hours)",
+              "从发出到接收医院回传结果的小时数", "期内发起的上转数（尚未完成者除外）", "time-to-complete", scoring="continuous-variable"),
+    Indicator("referral-escalation-resolution-rate", "转诊超时处理率 (overdue referrals and follow-ups resolved)",
+              "期内超时且已处理的数量", "期内超时（未接收、未同意、随访逾期）的数量", "escalations"),
 )}
 
 
@@ -80,6 +87,10 @@ def evaluate(session: Session, measure: Indicator, period: Period, principal: Pr
         return referral_cases.closed_loop(session, period, principal)
     if measure.kind == "followup-completion":
         return referral_cases.followup_completion(session, period, principal)
+    if measure.kind in referral_cases.REACHED:
+        return referral_cases.time_to(session, period, principal, referral_cases.REACHED[measure.kind])
+    if measure.kind == "escalations":
+        return referral_cases.escalations(session, period, principal)
     assert measure.programme is not None
     registry = next(r for r in REGISTRIES.values() if r.programme == measure.programme)
     residents = population.managed(session, registry, period, principal)

@@ -6,41 +6,41 @@
   evaluated.
 - followup-completion-rate: referral follow-up Tasks opened in the period; done when completed by their due date
   (`restriction.period.end`). One still open and not yet due when evaluated is not yet countable (excluded).
+- referral-time-to-accept, referral-time-to-complete: for each upward referral sent in the period, the hours from
+  its first move to `requested` to its first move to `accepted` (`completed`), counted under the receiving
+  organization (the party whose speed it is); one that has not got there is excluded from the measure population.
+- referral-escalation-resolution-rate: escalations raised in the period (a referral not received or not accepted in
+  time, a follow-up overdue), counted under the party that was late; resolved when the late Task has moved on.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import policy
 from app.auth.principal import Principal
 from app.auth.relations import reference_id
 from app.cdc import registries
-from app.cdc.cases import Case, case
+from app.cdc.cases import Case, case, measured
 from app.cdc.population import Period
 from app.config import get_settings
+from app.referrals import escalations as escalation_tasks
 from app.referrals import stages, workflow
+from app.referrals.tables import referral_transition
 from app.store import dates, query
 from app.store.query import Sql
 
 DONE = "completed"
 CHUNK = 5_000  # ids a statement names at most
+REACHED = {"time-to-accept": "accepted", "time-to-complete": "completed"}  # the stage a time measure runs to
 
 
 def closed_loop(session: Session, period: Period, principal: Principal) -> list[Case]:
-    sql = Sql()
-    start, end = sql.param(period.start, query.TIMESTAMP), sql.param(period.end, query.TIMESTAMP)
-    where = ["r.res_type = 'Task'", "r.deleted = FALSE",
-             "r.res_id IN (SELECT x.task_id FROM referral_transition x WHERE x.to_stage = 'requested' GROUP BY x.task_id"
-             f" HAVING MIN(x.at) >= {start} AND MIN(x.at) < {end})",
-             "EXISTS (SELECT 1 FROM search_reference f JOIN resource s ON s.res_type = 'ServiceRequest' AND s.res_id = f.target_id"
-             " JOIN search_token c ON c.resource_pk = s.pk AND c.res_type = 'ServiceRequest' AND c.param = 'category'"
-             f"  AND c.system = {sql.constant(workflow.DIRECTION_SYSTEM)} AND c.code = 'upward'"
-             " WHERE f.resource_pk = r.pk AND f.res_type = 'Task' AND f.param = 'focus' AND f.target_type = 'ServiceRequest')"]
-    referrals = _tasks(session, sql, where, principal)
+    referrals = _upward_sent(session, period, principal)
     follow_ups: dict[str, list[dict[str, Any]]] = {}
     for task in _parts(session, list(referrals)):
         for parent in task.get("partOf") or []:
@@ -55,15 +55,69 @@ def closed_loop(session: Session, period: Period, principal: Principal) -> list[
     return cases
 
 
+def time_to(session: Session, period: Period, principal: Principal, stage: str) -> list[Case]:
+    referrals = _upward_sent(session, period, principal)
+    first = _first_moves(session, list(referrals), ("requested", stage))
+    places = _places(session, (reference_id(t.get("owner"), "Organization") for t in referrals.values()))
+    cases = []
+    for task_id, task in referrals.items():
+        sent, reached = first.get((task_id, "requested")), first.get((task_id, stage))
+        hours = round((reached - sent).total_seconds() / 3600, 2) if sent is not None and reached is not None else None
+        org = reference_id(task.get("owner"), "Organization")
+        cases.append(measured(f"Task/{task_id}", org, places.get(org or ""), hours))
+    return cases
+
+
+def escalations(session: Session, period: Period, principal: Principal) -> list[Case]:
+    sql = Sql()
+    raised = _tasks(session, sql, _coded_in(sql, period, escalation_tasks.ESCALATION), principal)
+    places = _places(session, (reference_id(t.get("owner"), "Organization") for t in raised.values()))
+    cases = []
+    for task_id, task in raised.items():
+        org = reference_id(task.get("owner"), "Organization")
+        cases.append(case(f"Task/{task_id}", org, places.get(org or ""), counted=True, met=task.get("status") == DONE))
+    return cases
+
+
+def _upward_sent(session: Session, period: Period, principal: Principal) -> dict[str, dict[str, Any]]:
+    """Upward referral Tasks first sent (moved to `requested`) in the period."""
+    sql = Sql()
+    start, end = sql.param(period.start, query.TIMESTAMP), sql.param(period.end, query.TIMESTAMP)
+    where = ["r.res_type = 'Task'", "r.deleted = FALSE",
+             "r.res_id IN (SELECT x.task_id FROM referral_transition x WHERE x.to_stage = 'requested' GROUP BY x.task_id"
+             f" HAVING MIN(x.at) >= {start} AND MIN(x.at) < {end})",
+             "EXISTS (SELECT 1 FROM search_reference f JOIN resource s ON s.res_type = 'ServiceRequest' AND s.res_id = f.target_id"
+             " JOIN search_token c ON c.resource_pk = s.pk AND c.res_type = 'ServiceRequest' AND c.param = 'category'"
+             f"  AND c.system = {sql.constant(workflow.DIRECTION_SYSTEM)} AND c.code = 'upward'"
+             " WHERE f.resource_pk = r.pk AND f.res_type = 'Task' AND f.param = 'focus' AND f.target_type = 'ServiceRequest')"]
+    return _tasks(session, sql, where, principal)
+
+
+def _first_moves(session: Session, task_ids: list[str], to_stages: Sequence[str]) -> dict[tuple[str, str], datetime]:
+    """When each of these Tasks first moved to each of these stages."""
+    t = referral_transition.c
+    found: dict[tuple[str, str], datetime] = {}
+    for at in range(0, len(task_ids), CHUNK):
+        rows = session.execute(select(t.task_id, t.to_stage, func.min(t.at))
+                               .where(t.task_id.in_(task_ids[at:at + CHUNK]), t.to_stage.in_(to_stages))
+                               .group_by(t.task_id, t.to_stage))
+        found |= {(task_id, stage): moment for task_id, stage, moment in rows}
+    return found
+
+
+def _coded_in(sql: Sql, period: Period, code: str) -> list[str]:
+    """Conditions for Tasks of Qiao's task code `code` authored in the period."""
+    start, end = sql.param(dates.micros(period.start)), sql.param(dates.micros(period.end))
+    return ["r.res_type = 'Task'", "r.deleted = FALSE",
+            "EXISTS (SELECT 1 FROM search_token k WHERE k.resource_pk = r.pk AND k.res_type = 'Task' AND k.param = 'code'"
+            f" AND k.system = {sql.constant(stages.TASK_CODE_SYSTEM)} AND k.code = {sql.param(code)})",
+            "EXISTS (SELECT 1 FROM search_date a WHERE a.resource_pk = r.pk AND a.res_type = 'Task' AND a.param = 'authored-on'"
+            f" AND a.low >= {start} AND a.low < {end})"]
+
+
 def followup_completion(session: Session, period: Period, principal: Principal) -> list[Case]:
     sql = Sql()
-    start, end = sql.param(dates.micros(period.start)), sql.param(dates.micros(period.end))
-    where = ["r.res_type = 'Task'", "r.deleted = FALSE",
-             "EXISTS (SELECT 1 FROM search_token k WHERE k.resource_pk = r.pk AND k.res_type = 'Task' AND k.param = 'code'"
-             f" AND k.system = {sql.constant(stages.TASK_CODE_SYSTEM)} AND k.code = {sql.param(stages.FOLLOW_UP)})",
-             "EXISTS (SELECT 1 FROM search_date a WHERE a.resource_pk = r.pk AND a.res_type = 'Task' AND a.param = 'authored-on'"
-             f" AND a.low >= {start} AND a.low < {end})"]
-    tasks = _tasks(session, sql, where, principal)
+    tasks = _tasks(session, sql, _coded_in(sql, period, stages.FOLLOW_UP), principal)
     places = _places(session, (reference_id(t.get("owner"), "Organization") for t in tasks.values()))
     now = dates.now()
     cases = []

@@ -1,23 +1,27 @@
 """Measures and the MeasureReports their evaluation gives (FHIR R4 Measure, Da Vinci DEQM report shapes).
 
-A summary report counts each population and scores numerator / denominator (a proportion, 0..1), overall and
-stratified by managing organization and by GB/T 2260 district. A subject-list report adds, for each population, a
+A summary report counts each population and scores it, overall and stratified by managing organization and by
+GB/T 2260 district: a proportion scores numerator / denominator (0..1); a continuous-variable measure (the referral
+loop's times) scores the median of its cases' observations, in hours (cqf-aggregateMethod median). A subject-list report adds, for each population, a
 List of its subjects (contained, as HAPI's and cqf-ruler's do; DEQM would have a List of individual MeasureReports,
 which says nothing more here), so that an analyst can check a number against the residents behind it.
 """
 
+import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from app.cdc.cases import DENOMINATOR, NUMERATOR, POPULATIONS, Case
+from app.cdc.cases import DENOMINATOR, MEASURED, NUMERATOR, POPULATIONS, UNMEASURED, Case
 from app.cdc.indicators import Indicator
 from app.store import dates
 
 POPULATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/measure-population"
-SCORING = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-scoring", "code": "proportion"}]}
-INCREASE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-improvement-notation", "code": "increase"}]}
+SCORING_SYSTEM = "http://terminology.hl7.org/CodeSystem/measure-scoring"
+IMPROVEMENT_SYSTEM = "http://terminology.hl7.org/CodeSystem/measure-improvement-notation"
+AGGREGATE_METHOD = "http://hl7.org/fhir/us/cqfmeasures/StructureDefinition/cqfm-aggregateMethod"
+HOURS = {"unit": "h", "system": "http://unitsofmeasure.org", "code": "h"}
 STRATIFIER_SYSTEM = "urn:qiao:measure-stratifier"
 STRATIFIERS = {"organization": "管理机构 (managing organization)", "district": "行政区划 GB/T 2260 (district)"}
 DISTRICT_SYSTEM = "urn:qiao:gb-t-2260"
@@ -26,14 +30,23 @@ UNKNOWN = "unknown"
 
 def measure(indicator: Indicator, base: str) -> dict[str, Any]:
     """The Measure: what is counted, in words, and how the report is stratified."""
-    populations = {"initial-population": indicator.denominator, "denominator": indicator.denominator,
-                   "denominator-exclusion": "分母中无法判定者（见 README：失访 等设置）", "numerator": indicator.numerator}
+    if indicator.scoring == "proportion":
+        populations = {"initial-population": indicator.denominator, "denominator": indicator.denominator,
+                       "denominator-exclusion": "分母中无法判定者（见 README：失访 等设置）", "numerator": indicator.numerator}
+        description = f"{indicator.numerator} / {indicator.denominator} × 100%"
+    else:
+        populations = {"initial-population": indicator.denominator, MEASURED: indicator.denominator,
+                       UNMEASURED: "尚未到达该阶段者", "measure-observation": indicator.numerator}
+        description = f"{indicator.numerator}的中位数（{indicator.denominator}）"
+    extension = [] if indicator.scoring == "proportion" else [{"url": AGGREGATE_METHOD, "valueCode": "median"}]
     return {
         "resourceType": "Measure", "id": indicator.id, "url": f"{base}/Measure/{indicator.id}",
+        **({"extension": extension} if extension else {}),
         "identifier": [{"system": "urn:qiao:measure", "value": indicator.id}],
         "name": indicator.id.replace("-", "_"), "title": indicator.title, "status": "active", "experimental": False,
-        "publisher": "Qiao", "description": f"{indicator.numerator} / {indicator.denominator} × 100%",
-        "scoring": SCORING, "improvementNotation": INCREASE,
+        "publisher": "Qiao", "description": description,
+        "scoring": {"coding": [{"system": SCORING_SYSTEM, "code": indicator.scoring}]},
+        "improvementNotation": _improvement(indicator),
         "group": [{
             "population": [{"code": _population_code(code), "description": text,
                             "criteria": {"language": "text/plain", "expression": text}} for code, text in populations.items()],
@@ -44,19 +57,20 @@ def measure(indicator: Indicator, base: str) -> dict[str, Any]:
 
 def report(indicator: Indicator, cases: Sequence[Case], *, base: str, period: dict[str, str], subject_list: bool,
            reporter: str | None, generated: datetime) -> dict[str, Any]:
-    populations = [_population(code, cases, subject_list) for code in POPULATIONS]
+    codes = POPULATIONS[indicator.scoring]
+    populations = [_population(code, cases, subject_list) for code in codes]
     group: dict[str, Any] = {"population": populations}
-    score = _score(cases)
+    score = _score(indicator.scoring, cases)
     if score is not None:
-        group["measureScore"] = {"value": score}
-    group["stratifier"] = [_stratifier(name, cases) for name in STRATIFIERS]
+        group["measureScore"] = score
+    group["stratifier"] = [_stratifier(indicator.scoring, name, cases) for name in STRATIFIERS]
     content: dict[str, Any] = {"resourceType": "MeasureReport"}
     if subject_list:
-        content["contained"] = [_list(code, cases) for code in POPULATIONS]
+        content["contained"] = [_list(code, cases) for code in codes]
     content |= {
         "status": "complete", "type": "subject-list" if subject_list else "summary",
         "measure": f"{base}/Measure/{indicator.id}", "date": dates.instant(generated), "period": period,
-        "improvementNotation": INCREASE, "group": [group],
+        "improvementNotation": _improvement(indicator), "group": [group],
     }
     if reporter:
         content["reporter"] = {"reference": f"Organization/{reporter}"}
@@ -79,22 +93,32 @@ def _list(code: str, cases: Iterable[Case]) -> dict[str, Any]:
     return content
 
 
-def _score(cases: Iterable[Case]) -> float | None:
-    counts = Counter(code for c in cases for code in c.populations)
-    return round(counts[NUMERATOR] / counts[DENOMINATOR], 4) if counts[DENOMINATOR] else None
+def _improvement(indicator: Indicator) -> dict[str, Any]:
+    """A higher rate is better; a shorter time is."""
+    code = "increase" if indicator.scoring == "proportion" else "decrease"
+    return {"coding": [{"system": IMPROVEMENT_SYSTEM, "code": code}]}
 
 
-def _stratifier(name: str, cases: Iterable[Case]) -> dict[str, Any]:
+def _score(scoring: str, cases: Iterable[Case]) -> dict[str, Any] | None:
+    """measureScore: the proportion, or the median observation (hours); None when nothing was scored."""
+    if scoring == "proportion":
+        counts = Counter(code for c in cases for code in c.populations)
+        return {"value": round(counts[NUMERATOR] / counts[DENOMINATOR], 4)} if counts[DENOMINATOR] else None
+    values = [c.value for c in cases if c.value is not None]
+    return {"value": round(statistics.median(values), 2), **HOURS} if values else None
+
+
+def _stratifier(scoring: str, name: str, cases: Iterable[Case]) -> dict[str, Any]:
     strata: dict[str, list[Case]] = defaultdict(list)
     for case in cases:
         strata[getattr(case, name) or UNKNOWN].append(case)
     items = []
     for value in sorted(strata):
         stratum: dict[str, Any] = {"value": _stratum_value(name, value),
-                                   "population": [_population(code, strata[value], False) for code in POPULATIONS]}
-        score = _score(strata[value])
+                                   "population": [_population(code, strata[value], False) for code in POPULATIONS[scoring]]}
+        score = _score(scoring, strata[value])
         if score is not None:
-            stratum["measureScore"] = {"value": score}
+            stratum["measureScore"] = score
         items.append(stratum)
     return {"code": [_stratifier_code(name)], "stratum": items}
 

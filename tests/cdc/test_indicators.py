@@ -197,9 +197,13 @@ def test_the_measures_are_published(client: TestClient) -> None:
     listed = client.get("/fhir/Measure").json()
     assert {e["resource"]["id"] for e in listed["entry"]} == {
         "htn-control-rate", "t2dm-control-rate", "htn-standardized-management-rate", "t2dm-standardized-management-rate",
-        "followup-completion-rate", "referral-closed-loop-rate"}
+        "followup-completion-rate", "referral-closed-loop-rate", "referral-time-to-accept", "referral-time-to-complete",
+        "referral-escalation-resolution-rate"}
     measure = client.get("/fhir/Measure/t2dm-control-rate").json()
     assert measure["scoring"]["coding"][0]["code"] == "proportion" and "空腹血糖" in measure["description"]
+    timed = client.get("/fhir/Measure/referral-time-to-accept").json()
+    assert timed["scoring"]["coding"][0]["code"] == "continuous-variable" and timed["extension"][0]["valueCode"] == "median"
+    assert timed["improvementNotation"]["coding"][0]["code"] == "decrease"
     statement = client.get("/fhir/metadata").json()
     declared = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Measure")
     assert declared["operation"][0]["name"] == "evaluate-measure"
