@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     subscription_error_after: int = 3
     #: The longest wait between retries of a failing delivery (seconds).
     subscription_max_backoff: int = 300
+    #: How long a process holds a subscription it is delivering to (seconds): one that dies mid-delivery delays that
+    #: subscription this long. Each POST waits for the endpoint under half of it (minus 5 s), so that a live delivery
+    #: never outlasts its lease; the default leaves a Subscription's longest timeout (60 s) whole.
+    subscription_lease_seconds: float = 130
     #: How often each server process runs the work that falls due with time (app/clock.py: registry entries whose
     #: enrolment started or ended, referral deadlines that passed), in seconds; `qiao clock` runs it once, e.g. from cron.
     clock_seconds: float = 300

@@ -32,7 +32,6 @@ from app.subscriptions.tables import subscription_state
 
 log = logging.getLogger("qiao.subscriptions")
 SIGNATURE_HEADER = "X-Qiao-Signature"
-LEASE_SECONDS = 90  # longer than any delivery can take (the longest timeout a Subscription may ask is 60 s)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -42,6 +41,11 @@ def sign(secret: str, body: bytes) -> str:
 def backoff(failures: int) -> float:
     """1 s, 2 s, 4 s, … up to `subscription_max_backoff` seconds."""
     return float(min(2 ** max(failures - 1, 0), get_settings().subscription_max_backoff))
+
+
+def post_timeout(asked: float) -> float:
+    """The subscription's timeout, held under half the lease: a delivery is at most two POSTs (handshake, events)."""
+    return max(0.5, min(asked, (get_settings().subscription_lease_seconds - 5) / 2))
 
 
 def claim(limit: int) -> list[str]:
@@ -66,7 +70,7 @@ def claim(limit: int) -> list[str]:
     with db.transaction() as session:
         return list(session.execute(
             update(subscription_state).where(state.subscription_id.in_(free.scalar_subquery()))
-            .values(lease_until=now + timedelta(seconds=LEASE_SECONDS)).returning(state.subscription_id)
+            .values(lease_until=now + timedelta(seconds=get_settings().subscription_lease_seconds)).returning(state.subscription_id)
         ).scalars())
 
 
@@ -118,7 +122,7 @@ def _post(state: SimpleNamespace, client: httpx.Client, body: dict[str, Any]) ->
     headers = dict(h.split(":", 1) for h in orjson.loads(state.headers))
     headers = {k.strip(): v.strip() for k, v in headers.items()}
     headers.update({"Content-Type": state.content_type + "; fhirVersion=4.0", SIGNATURE_HEADER: sign(state.secret, data)})
-    response = client.post(state.endpoint, content=data, headers=headers, timeout=state.timeout_seconds)
+    response = client.post(state.endpoint, content=data, headers=headers, timeout=post_timeout(state.timeout_seconds))
     if not 200 <= response.status_code < 300:
         raise DeliveryFailed(f"the endpoint answered {response.status_code}")
 

@@ -1,6 +1,7 @@
 """Institutions as in tests/auth, and webhook receivers: real HTTP servers on loopback that record what they get."""
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -12,11 +13,14 @@ from tests.auth.conftest import ec_key, institutions, login, register, rsa_key  
 
 
 class Receiver:
-    """A subscriber's rest-hook endpoint; `failing` makes it answer 500 until reset."""
+    """A subscriber's rest-hook endpoint; `failing` makes it answer 500 until reset, `delay` answer late (seconds);
+    `senders` are the client ports notifications came from, in order."""
 
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], bytes]] = []
+        self.senders: list[int] = []
         self.failing = False
+        self.delay = 0.0
         self.refused = 0
         self._arrived = threading.Condition()
         receiver = self
@@ -30,7 +34,9 @@ class Receiver:
                 else:
                     with receiver._arrived:
                         receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                        receiver.senders.append(self.client_address[1])
                         receiver._arrived.notify_all()
+                    time.sleep(receiver.delay)
                     self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
