@@ -108,7 +108,7 @@ def _uncontrolled(session: Session, row: Any) -> bool:
         return False
     rules = Rules.configured()
     age = None
-    if programme == "hypertension" and rules.elderly_bp and 140 <= reading.systolic < 150:  # type: ignore[operator]
+    if programme == "hypertension" and rules.elderly_bp and reading.systolic is not None and 140 <= reading.systolic < 150:
         age = _age(session, row["patient_id"], dates.from_micros(row["at"]).astimezone(get_settings().zone).date())
     return not controlled(programme, reading, age, rules)
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import httpx
 import orjson
+import psycopg
 import pytest
 
 from tests.auth.keys import ClientKey
-from tests.benchmarks.common import ROOT, qiao_server, scratch_database
+from tests.benchmarks.common import ADMIN_URL, ROOT, qiao_server, scratch_database
 from tests.builders import patient
 from tests.referrals.conftest import Receiver
 from tests.referrals.test_subscriptions import eventually, kinds, numbers, status_of, subscription
@@ -38,6 +39,8 @@ def database() -> Iterator[str]:
             raise
         pytest.skip(f"PostgreSQL not reachable: {type(error).__name__}")
     yield url
+    with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
 
 
 def qiao(database_url: str, *args: str) -> str:
