@@ -6,7 +6,6 @@ and a chart of control rates per community centre by quarter. Both come from the
 import csv
 import io
 import math
-import statistics
 import warnings
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.principal import Principal
 from app.cdc import indicators, registries
-from app.cdc.cases import DENOMINATOR, MEASURED, NUMERATOR, Case
+from app.cdc.cases import DENOMINATOR, MEASURED, NUMERATOR, Case, median_value
 from app.cdc.indicators import Indicator, Rules
 from app.cdc.population import Period
 from app.errors import InvalidRequest
@@ -75,8 +74,8 @@ def _counts(indicator: Indicator, cases: list[Case]) -> tuple[int, int, float | 
     """(numerator, denominator, median hours)."""
     if indicator.scoring == "proportion":
         return sum(NUMERATOR in c.populations for c in cases), sum(DENOMINATOR in c.populations for c in cases), None
-    values = [c.value for c in cases if c.value is not None]
-    return len(values), sum(MEASURED in c.populations for c in cases), round(statistics.median(values), 2) if values else None
+    observed = sum(c.value is not None for c in cases)
+    return observed, sum(MEASURED in c.populations for c in cases), median_value(cases)
 
 
 def _names(session: Session, org_ids: set[str]) -> dict[str, str]:

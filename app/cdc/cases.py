@@ -1,6 +1,8 @@
 """A case: one subject of an indicator (a resident, a referral), where it counts and the populations it is in, so
 that a summary counts cases and a subject list names them from the same evaluation."""
 
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 INITIAL, DENOMINATOR, EXCLUSION, NUMERATOR = "initial-population", "denominator", "denominator-exclusion", "numerator"
@@ -29,3 +31,9 @@ def measured(subject: str, organization: str | None, district: str | None, value
     if value is None:
         return Case(subject, organization, district, frozenset({INITIAL, MEASURED, UNMEASURED}))
     return Case(subject, organization, district, frozenset({INITIAL, MEASURED}), value)
+
+
+def median_value(cases: Iterable[Case]) -> float | None:
+    """A continuous-variable measure's score: the median of the cases observed (None when none was)."""
+    values = [c.value for c in cases if c.value is not None]
+    return round(statistics.median(values), 2) if values else None

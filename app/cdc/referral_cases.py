@@ -13,7 +13,7 @@
   time, a follow-up overdue), counted under the party that was late; resolved when the late Task has moved on.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -45,38 +45,32 @@ def closed_loop(session: Session, period: Period, principal: Principal) -> list[
     for task in _parts(session, list(referrals)):
         for parent in task.get("partOf") or []:
             follow_ups.setdefault(reference_id(parent, "Task") or "", []).append(task)
-    places = _places(session, (reference_id(t.get("requester"), "Organization") for t in referrals.values()))
+    under = _counted_under(session, referrals, "requester")
     cases = []
     for task_id, task in referrals.items():
         mine = [f for f in follow_ups.get(task_id, []) if f.get("status") not in ("cancelled", "entered-in-error")]
         closed = task.get("status") == DONE and bool(mine) and all(f.get("status") == DONE for f in mine)
-        org = reference_id(task.get("requester"), "Organization")
-        cases.append(case(f"Task/{task_id}", org, places.get(org or ""), counted=True, met=closed))
+        cases.append(case(f"Task/{task_id}", *under[task_id], counted=True, met=closed))
     return cases
 
 
 def time_to(session: Session, period: Period, principal: Principal, stage: str) -> list[Case]:
     referrals = _upward_sent(session, period, principal)
     first = _first_moves(session, list(referrals), ("requested", stage))
-    places = _places(session, (reference_id(t.get("owner"), "Organization") for t in referrals.values()))
+    under = _counted_under(session, referrals, "owner")
     cases = []
-    for task_id, task in referrals.items():
+    for task_id in referrals:
         sent, reached = first.get((task_id, "requested")), first.get((task_id, stage))
         hours = round((reached - sent).total_seconds() / 3600, 2) if sent is not None and reached is not None else None
-        org = reference_id(task.get("owner"), "Organization")
-        cases.append(measured(f"Task/{task_id}", org, places.get(org or ""), hours))
+        cases.append(measured(f"Task/{task_id}", *under[task_id], hours))
     return cases
 
 
 def escalations(session: Session, period: Period, principal: Principal) -> list[Case]:
     sql = Sql()
     raised = _tasks(session, sql, _coded_in(sql, period, escalation_tasks.ESCALATION), principal)
-    places = _places(session, (reference_id(t.get("owner"), "Organization") for t in raised.values()))
-    cases = []
-    for task_id, task in raised.items():
-        org = reference_id(task.get("owner"), "Organization")
-        cases.append(case(f"Task/{task_id}", org, places.get(org or ""), counted=True, met=task.get("status") == DONE))
-    return cases
+    under = _counted_under(session, raised, "owner")
+    return [case(f"Task/{task_id}", *under[task_id], counted=True, met=task.get("status") == DONE) for task_id, task in raised.items()]
 
 
 def _upward_sent(session: Session, period: Period, principal: Principal) -> dict[str, dict[str, Any]]:
@@ -118,7 +112,7 @@ def _coded_in(sql: Sql, period: Period, code: str) -> list[str]:
 def followup_completion(session: Session, period: Period, principal: Principal) -> list[Case]:
     sql = Sql()
     tasks = _tasks(session, sql, _coded_in(sql, period, stages.FOLLOW_UP), principal)
-    places = _places(session, (reference_id(t.get("owner"), "Organization") for t in tasks.values()))
+    under = _counted_under(session, tasks, "owner")
     now = dates.now()
     cases = []
     for task_id, task in tasks.items():
@@ -126,10 +120,9 @@ def followup_completion(session: Session, period: Period, principal: Principal) 
             continue
         due = _moment(((task.get("restriction") or {}).get("period") or {}).get("end"))
         done_at = _completed_at(task)
-        org = reference_id(task.get("owner"), "Organization")
         on_time = done_at is not None and (due is None or done_at <= due)
         countable = done_at is not None or due is None or due <= now
-        cases.append(case(f"Task/{task_id}", org, places.get(org or ""), counted=countable, met=on_time))
+        cases.append(case(f"Task/{task_id}", *under[task_id], counted=countable, met=on_time))
     return cases
 
 
@@ -163,10 +156,12 @@ def _parts(session: Session, task_ids: list[str]) -> list[dict[str, Any]]:
     return found
 
 
-def _places(session: Session, org_ids: Iterable[str | None]) -> dict[str, str | None]:
-    """Each organization's GB/T 2260 district."""
-    found = registries.read_organizations(session, {o for o in org_ids if o})
-    return {org_id: registries.district_of(content) for org_id, content in found.items()}
+def _counted_under(session: Session, tasks: dict[str, dict[str, Any]], element: str) -> dict[str, tuple[str | None, str | None]]:
+    """Where each Task counts: the Organization in `element` (requester or owner) and its GB/T 2260 district."""
+    orgs = {task_id: reference_id(task.get(element), "Organization") for task_id, task in tasks.items()}
+    found = registries.read_organizations(session, {o for o in orgs.values() if o})
+    districts = {org_id: registries.district_of(content) for org_id, content in found.items()}
+    return {task_id: (org, districts.get(org or "")) for task_id, org in orgs.items()}
 
 
 def _completed_at(task: dict[str, Any]) -> datetime | None:

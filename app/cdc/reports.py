@@ -7,13 +7,12 @@ List of its subjects (contained, as HAPI's and cqf-ruler's do; DEQM would have a
 which says nothing more here), so that an analyst can check a number against the residents behind it.
 """
 
-import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from app.cdc.cases import DENOMINATOR, MEASURED, NUMERATOR, POPULATIONS, UNMEASURED, Case
+from app.cdc.cases import DENOMINATOR, MEASURED, NUMERATOR, POPULATIONS, UNMEASURED, Case, median_value
 from app.cdc.indicators import Indicator
 from app.store import dates
 
@@ -104,8 +103,8 @@ def _score(scoring: str, cases: Iterable[Case]) -> dict[str, Any] | None:
     if scoring == "proportion":
         counts = Counter(code for c in cases for code in c.populations)
         return {"value": round(counts[NUMERATOR] / counts[DENOMINATOR], 4)} if counts[DENOMINATOR] else None
-    values = [c.value for c in cases if c.value is not None]
-    return {"value": round(statistics.median(values), 2), **HOURS} if values else None
+    median = median_value(cases)
+    return None if median is None else {"value": median, **HOURS}
 
 
 def _stratifier(scoring: str, name: str, cases: Iterable[Case]) -> dict[str, Any]:

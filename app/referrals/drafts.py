@@ -72,14 +72,16 @@ def review(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if settings.referral_draft_days <= 0:
         return
     since = dates.micros(dates.now() - timedelta(days=settings.referral_draft_days))
+    no_reason = []
     for row in rows:
         if row["patient_id"] is None:
             continue
         finding = _finding(session, row) if row["at"] >= since else None
         if finding is None:
-            _withdraw(session, row["encounter_id"])
+            no_reason.append(row["encounter_id"])
         else:
             _draft(session, row, finding)
+    _withdraw(session, no_reason)
 
 
 def _finding(session: Session, row: dict[str, Any]) -> Finding | None:
@@ -172,15 +174,17 @@ def _has_open_referral(session: Session, patient_id: str) -> bool:
     return found is not None
 
 
-def _withdraw(session: Session, encounter_id: str) -> None:
-    """Cancel this follow-up's draft if nobody has acted on it (a sent referral is the family doctor's to cancel)."""
-    task_id = draft_ids(encounter_id)[1]
-    current = store.current(session, "Task", task_id, lock=True)
-    task = store.content(session, "Task", task_id) if current is not None and not current.deleted else None
-    if task is None or task.get("status") != "draft":
-        return
-    now = dates.instant(dates.now())
-    task |= {"status": "cancelled", "businessStatus": business_status("cancelled"), "statusReason": {"text": WITHDRAWN},
-             "lastModified": now}
-    workflow.server_move(session, task_id, "draft", "cancelled")
-    store.apply(session, [store.Write("Task", task_id, "PUT", task, current)], authorized=True)
+def _withdraw(session: Session, encounter_ids: list[str]) -> None:
+    """Cancel these follow-ups' drafts that nobody has acted on (a sent referral is the family doctor's to cancel).
+    One lookup for the lot: most follow-ups never had a draft, and a load of them should not pay a query each."""
+    found = store.current_many(session, "Task", [draft_ids(e)[1] for e in encounter_ids], lock=True)
+    writes = []
+    for task_id, current in found.items():
+        task = store.content(session, "Task", task_id) if not current.deleted else None
+        if task is None or task.get("status") != "draft":
+            continue
+        task |= {"status": "cancelled", "businessStatus": business_status("cancelled"), "statusReason": {"text": WITHDRAWN},
+                 "lastModified": dates.instant(dates.now())}
+        workflow.server_move(session, task_id, "draft", "cancelled")
+        writes.append(store.Write("Task", task_id, "PUT", task, current))
+    store.apply(session, writes, authorized=True)

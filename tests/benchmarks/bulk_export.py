@@ -22,7 +22,7 @@ import psycopg
 
 from app import db
 from app.auth import clients, smart
-from tests.benchmarks.common import ADMIN_URL, mib, migrated_database, operator_token, qiao_server
+from tests.benchmarks.common import mib, migrated_database, operator_token, qiao_server, url_of
 from tests.builders import blood_pressure, patient
 
 DATABASE = "qiao_bench_bulk"
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--as-hospital", action="store_true",
                         help="export as a hospital's client under the institution policy; it cares for every second resident")
     args = parser.parse_args()
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}"
+    url = url_of(DATABASE)
     if not args.reuse:
         url = migrated_database(DATABASE)
         started = time.perf_counter()

@@ -25,12 +25,22 @@ GIVEN = ["伟", "芳", "娜", "秀英", "敏", "静", "丽", "强", "磊", "军"
 WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
 
 
-def scratch_database(name: str) -> str:
-    """Drop and create a database for a benchmark; returns its URL."""
+def url_of(name: str) -> str:
+    """The URL of database `name` on the server of ADMIN_URL."""
+    return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(name: str) -> None:
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def scratch_database(name: str) -> str:
+    """Drop and create a database for a benchmark; returns its URL."""
+    drop_database(name)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-    return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    return url_of(name)
 
 
 def migrated_database(name: str) -> str:

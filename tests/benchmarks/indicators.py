@@ -28,7 +28,7 @@ from app.cdc.registries import Person
 from app.cdc.tables import indicator_followup, registry_span
 from app.config import get_settings
 from app.store import indexing
-from tests.benchmarks.common import ADMIN_URL, migrated_database, operator_token, patient, qiao_server
+from tests.benchmarks.common import migrated_database, operator_token, patient, qiao_server, url_of
 from tests.cdc.builders import condition, enrolment, followup, organization
 
 DATABASE = "qiao_bench_indicators"
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reuse", action="store_true", help=f"keep the seeded database {DATABASE} from an earlier run")
     args = parser.parse_args()
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}"
+    url = url_of(DATABASE)
     if not args.reuse:
         url = migrated_database(DATABASE)
         started = time.perf_counter()

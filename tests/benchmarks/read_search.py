@@ -20,7 +20,6 @@ import psycopg
 from app import db, migrate
 from app.store import repository
 from tests.benchmarks.common import (
-    ADMIN_URL,
     blood_pressure,
     http_load,
     id_card,
@@ -30,6 +29,7 @@ from tests.benchmarks.common import (
     qiao_server,
     scratch_database,
     threaded_rate,
+    url_of,
 )
 
 NAMESPACE = uuid.UUID("6b0f7c1e-8f9b-4d3c-9a59-2f5b6e3c1d00")
@@ -108,7 +108,7 @@ def main() -> None:
     patients = args.stored // 2
     name = "qiao_bench_read"
     if args.reuse:
-        database_url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        database_url = url_of(name)
         print(f"read/search: reusing {name}")
     else:
         database_url = scratch_database(name)

@@ -26,7 +26,7 @@ import psycopg
 
 from app import db
 from app.auth import clients, smart
-from tests.benchmarks.common import ADMIN_URL, ROOT, cpu_seconds, http_load, id_card, postgres_pids, qiao_server, scratch_database
+from tests.benchmarks.common import ROOT, cpu_seconds, http_load, id_card, postgres_pids, qiao_server, scratch_database, url_of
 from tests.benchmarks.read_search import load, patient_id
 
 DATABASE = "qiao_bench_security"
@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     patients = args.stored // 2
 
-    database_url = scratch_database(DATABASE) if not args.reuse else ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}"
+    database_url = scratch_database(DATABASE) if not args.reuse else url_of(DATABASE)
     rate = 0.0
     if not args.reuse:
         rate = load(database_url, args.stored, org="chc-1")

@@ -13,11 +13,10 @@ from typing import Any
 
 import httpx
 import orjson
-import psycopg
 import pytest
 
 from tests.auth.keys import ClientKey
-from tests.benchmarks.common import ADMIN_URL, ROOT, qiao_server, scratch_database
+from tests.benchmarks.common import ROOT, drop_database, qiao_server, scratch_database
 from tests.builders import patient
 from tests.referrals.conftest import Receiver
 from tests.referrals.test_subscriptions import eventually, kinds, numbers, status_of, subscription
@@ -32,15 +31,15 @@ SETTINGS = {"QIAO_SUBSCRIPTION_LEASE_SECONDS": "12", "QIAO_SUBSCRIPTION_MAX_BACK
 
 @pytest.fixture
 def database() -> Iterator[str]:
+    name = f"qiao_e2e_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
     try:
-        url = scratch_database(f"qiao_e2e_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
+        url = scratch_database(name)
     except Exception as error:  # noqa: BLE001 - as the other PostgreSQL tests: skipped only when not required
         if os.environ.get("QIAO_TEST_REQUIRE_POSTGRES") == "1":
             raise
         pytest.skip(f"PostgreSQL not reachable: {type(error).__name__}")
     yield url
-    with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+    drop_database(name)
 
 
 def qiao(database_url: str, *args: str) -> str:
