@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from tests.auth.keys import ClientKey
-from tests.benchmarks.common import ROOT, drop_database, qiao_server, scratch_database
+from tests.benchmarks.common import ROOT, Server, drop_database, qiao_server, scratch_database
 from tests.builders import patient
 from tests.referrals.conftest import Receiver
 from tests.referrals.test_subscriptions import eventually, kinds, numbers, status_of, subscription
@@ -49,10 +49,23 @@ def qiao(database_url: str, *args: str) -> str:
     return done.stdout
 
 
-def worker_sending_from(port: int) -> int:
-    """The server process whose socket has this local port (from `ss`)."""
-    out = subprocess.run(["ss", "-tnpH", "state", "established", "sport", f"= :{port}"], capture_output=True, text=True, check=True).stdout
-    return int(out.split("pid=")[1].split(",")[0])
+def process_sending_from(server: Server, port: int) -> int:
+    """The server process holding the socket with this local port: its inode from /proc/net/tcp, then the process
+    whose open files include it (no tool beyond /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in server.pids():
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                if os.readlink(fd) in inodes:
+                    return pid
+            except FileNotFoundError:  # closed meanwhile
+                continue
+    raise AssertionError(f"no server process holds local port {port}")
 
 
 def event_numbers(receiver: Receiver) -> list[int]:
@@ -111,7 +124,7 @@ def test_every_notification_arrives_in_order_through_an_outage_a_killed_worker_a
         handshakes = len(hospital.senders)
         hospital.delay, hospital.failing = 3.0, False
         eventually(lambda: len(hospital.senders) > handshakes, timeout=30)
-        killed = worker_sending_from(hospital.senders[handshakes])
+        killed = process_sending_from(server, hospital.senders[handshakes])
         assert killed != server.process.pid
         os.kill(killed, signal.SIGKILL)
         hospital.delay = 0.0
