@@ -66,9 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     subscriptions_parser = commands.add_parser("subscriptions", help="Subscriptions: delivery state, replay")
     subscriptions_commands = subscriptions_parser.add_subparsers(dest="subscriptions_command", required=True)
     subscriptions_commands.add_parser("list", help="each subscription: status, events raised, pending, failures, last error")
-    resend_parser = subscriptions_commands.add_parser("replay", help="send a subscription's events again from a number")
+    resend_parser = subscriptions_commands.add_parser(
+        "replay", help="send a subscription's delivered events again: all, or those every given option chooses")
     resend_parser.add_argument("subscription_id")
-    resend_parser.add_argument("--since", type=int, default=1, help="the first event number to send again (default 1)")
+    resend_parser.add_argument("--since", help="the first event number")
+    resend_parser.add_argument("--until", help="the last event number")
+    resend_parser.add_argument("--type", action="append", default=[], help="the changed resource's type (repeatable)")
+    resend_parser.add_argument("--focus", action="append", default=[], help="the changed resource, Type/id (repeatable)")
+    resend_parser.add_argument("--since-time", help="raised at or after (FHIR date or time; local zone if none)")
+    resend_parser.add_argument("--until-time", help="raised up to the end of (FHIR date or time)")
 
     registries_parser = commands.add_parser("registries", help="chronic-disease registries")
     registries_commands = registries_parser.add_subparsers(dest="registries_command", required=True)
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "messages":
         return list_messages(args) if args.messages_command == "list" else replay_messages(args.ids)
     if args.command == "subscriptions":
-        return list_subscriptions() if args.subscriptions_command == "list" else replay_subscription(args.subscription_id, args.since)
+        return list_subscriptions() if args.subscriptions_command == "list" else replay_subscription(args)
     if args.command == "registries":
         return rebuild_registries()
     if args.command == "indicators":
@@ -264,18 +270,21 @@ def list_subscriptions() -> int:
     return 0
 
 
-def replay_subscription(subscription_id: str, since: int) -> int:
+def replay_subscription(args: argparse.Namespace) -> int:
     from app import db
     from app.errors import QiaoError
     from app.subscriptions import service
 
+    named = {"eventsSinceNumber": [args.since], "eventsUntilNumber": [args.until], "resourceType": args.type, "focus": args.focus,
+             "eventsSinceTime": [args.since_time], "eventsUntilTime": [args.until_time]}
     try:
+        chosen = service.selection([(name, value) for name, values in named.items() for value in values if value is not None])
         with db.transaction() as session:
-            pending = service.replay(session, subscription_id, since)
+            replayed = service.replay(session, args.subscription_id, chosen)
     except QiaoError as error:
         print(f"qiao subscriptions replay: {error.message}", file=sys.stderr)
         return 2
-    print(f"{subscription_id}\t{pending} events pending; a running server sends them")
+    print(f"{args.subscription_id}\t{replayed.queued} events to send again, {replayed.pending} not yet delivered; a running server sends them")
     return 0
 
 

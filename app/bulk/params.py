@@ -99,25 +99,6 @@ def parse(level: str, params: list[tuple[str, str]], *, lenient: bool, group_id:
     return request
 
 
-def from_parameters(body: Any) -> list[tuple[str, str]]:
-    """A POSTed Parameters resource as (name, value) pairs; `patient` references become their references."""
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise InvalidRequest("a POSTed $export takes a Parameters resource", expression=["resourceType"])
-    pairs: list[tuple[str, str]] = []
-    for i, parameter in enumerate(body.get("parameter") or []):
-        name = parameter.get("name") if isinstance(parameter, dict) else None
-        values = [v for key, v in (parameter.items() if isinstance(parameter, dict) else []) if key.startswith("value")]
-        if not isinstance(name, str) or len(values) != 1:
-            raise InvalidRequest("each parameter needs a name and one value[x]", expression=[f"Parameters.parameter[{i}]"])
-        value = values[0]
-        if isinstance(value, dict):
-            value = value.get("reference")
-        if not isinstance(value, str):
-            raise InvalidRequest(f"parameter {name!r} has no usable value", expression=[f"Parameters.parameter[{i}]"])
-        pairs.append((name, value))
-    return pairs
-
-
 def _instant(value: str) -> str:
     """An instant with its offset. A `+` that arrived unencoded in the query string is a space by now."""
     text = value.strip().replace(" ", "+")

@@ -3,9 +3,8 @@ Parameters), the polling URL (status, manifest, cancel) and the files. Registere
 /fhir/{type}/{id} would take these paths."""
 
 from email.utils import format_datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from starlette.responses import JSONResponse
 
@@ -15,6 +14,7 @@ from app.config import get_settings
 from app.fhir import formats
 from app.fhir.formats import FhirResponse
 from app.fhir.outcomes import information
+from app.fhir.parameters import PostedParameters
 
 router = APIRouter(prefix="/fhir", default_response_class=FhirResponse)
 NDJSON = "application/fhir+ndjson"
@@ -29,14 +29,6 @@ def _kick_off(request: Request, session: SessionDep, principal: PrincipalDep, le
     location = f"{formats.base_url(request)}/bulk/{job_id}"
     return FhirResponse(information(f"export {job_id} accepted; poll {location}"), status_code=202,
                         headers={"Content-Location": location})
-
-
-async def posted_params(request: Request) -> list[tuple[str, str]]:
-    """The parameters of a POSTed kick-off: the Parameters body's, and any in the URL."""
-    return request.query_params.multi_items() + params.from_parameters(await formats.read_json(request))
-
-
-PostedParams = Annotated[list[tuple[str, str]], Depends(posted_params)]
 
 
 @router.get("/$export")
@@ -55,18 +47,18 @@ def group_export(group_id: str, request: Request, session: SessionDep, principal
 
 
 @router.post("/$export")
-def system_export_posted(request: Request, session: SessionDep, principal: PrincipalDep, pairs: PostedParams) -> Response:
+def system_export_posted(request: Request, session: SessionDep, principal: PrincipalDep, pairs: PostedParameters) -> Response:
     return _kick_off(request, session, principal, params.SYSTEM, pairs, posted=True)
 
 
 @router.post("/Patient/$export")
-def patient_export_posted(request: Request, session: SessionDep, principal: PrincipalDep, pairs: PostedParams) -> Response:
+def patient_export_posted(request: Request, session: SessionDep, principal: PrincipalDep, pairs: PostedParameters) -> Response:
     return _kick_off(request, session, principal, params.PATIENT, pairs, posted=True)
 
 
 @router.post("/Group/{group_id}/$export")
 def group_export_posted(group_id: str, request: Request, session: SessionDep, principal: PrincipalDep,
-                        pairs: PostedParams) -> Response:
+                        pairs: PostedParameters) -> Response:
     return _kick_off(request, session, principal, params.GROUP, pairs, group_id=group_id, posted=True)
 
 

@@ -70,7 +70,8 @@ def _statement() -> dict[str, Any]:
 
 
 def _declare_subscriptions(rest_resources: list[dict[str, Any]]) -> None:
-    """The Backport IG's conformance: its Subscription profile, the topics by canonical, $status and $events."""
+    """The Backport IG's conformance: its Subscription profile, the topics by canonical, $status and $events; and
+    Qiao's $replay."""
     from app.subscriptions import registry, topics
 
     subscription = next(r for r in rest_resources if r["type"] == "Subscription")
@@ -78,6 +79,9 @@ def _declare_subscriptions(rest_resources: list[dict[str, Any]]) -> None:
     subscription["extension"] = [{"url": TOPIC_CANONICAL, "valueCanonical": url} for url in topics.TOPICS]
     subscription["operation"] = [{"name": name, "definition": f"{BACKPORT_IG}/OperationDefinition/backport-subscription-{name}"}
                                  for name in ("status", "events")]
+    subscription["operation"].append({"name": "replay", "definition": "urn:qiao:operation:subscription-replay",
+                                      "documentation": "POST: send delivered events again, chosen by eventsSinceNumber, "
+                                                       "eventsUntilNumber, resourceType, focus, eventsSinceTime, eventsUntilTime"})
 
 
 def _declare_bulk_export(rest_resources: list[dict[str, Any]]) -> None:

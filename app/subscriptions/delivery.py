@@ -1,7 +1,8 @@
 """Rest-hook delivery from the outbox, by every server process, safe with several against one database.
 
 A process claims a subscription by a lease (a conditional UPDATE, committed before any HTTP call), sends its pending
-events in number order in one notification, and records how far the subscriber acknowledged. A process that dies
+events in number order in one notification, and records how far the subscriber acknowledged. Events chosen for a
+replay (app/subscriptions/service.py) go in a notification of their own, with their own numbers. A process that dies
 mid-delivery leaves a lease that runs out; another process then sends the same events again (at least once; the
 receiver deduplicates by event number). A failure is retried with exponential backoff, without end; after
 `subscription_error_after` failures in a row the Subscription goes to `error` (and back to `active` once a delivery
@@ -19,7 +20,7 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import db
@@ -28,7 +29,7 @@ from app.logging import fields
 from app.store import dates
 from app.store import repository as store
 from app.subscriptions import notifications
-from app.subscriptions.tables import subscription_state
+from app.subscriptions.tables import subscription_resend, subscription_state
 
 log = logging.getLogger("qiao.subscriptions")
 SIGNATURE_HEADER = "X-Qiao-Signature"
@@ -48,6 +49,11 @@ def post_timeout(asked: float) -> float:
     return max(0.5, min(asked, (get_settings().subscription_lease_seconds - 5) / 2))
 
 
+def _resend_of(subscription_id: Any) -> Any:
+    """Whether the subscription has events chosen to be sent again."""
+    return select(subscription_resend.c.event_number).where(subscription_resend.c.subscription_id == subscription_id).exists()
+
+
 def claim(limit: int) -> list[str]:
     """Lease up to `limit` subscriptions that have something to send now."""
     now = dates.now()
@@ -57,7 +63,8 @@ def claim(limit: int) -> list[str]:
             select(state.subscription_id).where(
                 state.status != "off", state.next_attempt_at <= now,
                 or_(state.lease_until.is_(None), state.lease_until < now),
-                or_(state.events_count > state.delivered_through, state.status == "requested", state.heartbeat_at <= now),
+                or_(state.events_count > state.delivered_through, state.status == "requested", state.heartbeat_at <= now,
+                    _resend_of(state.subscription_id)),
             ).order_by(state.next_attempt_at).limit(limit)
         ).scalars().all()
     if not due:
@@ -75,15 +82,20 @@ def claim(limit: int) -> list[str]:
 
 
 def deliver(subscription_id: str, client: httpx.Client) -> None:
-    """Send what the claimed subscription has pending (handshake, events, or a heartbeat), then release it."""
+    """Send what the claimed subscription has pending (handshake, events, events chosen to be sent again, or a
+    heartbeat), then release it. What was acknowledged is recorded even when a later POST fails."""
     with db.read_session() as session:
-        row = session.execute(select(subscription_state).where(subscription_state.c.subscription_id == subscription_id)).first()
+        row = session.execute(select(subscription_state, _resend_of(subscription_state.c.subscription_id).label("resend"))
+                              .where(subscription_state.c.subscription_id == subscription_id)).first()
         if row is None:
             return
         state = SimpleNamespace(**row._mapping)
-        pending = notifications.events(session, subscription_id, state.delivered_through, None, state.max_count,
-                                       with_content=state.content == "full-resource")
+        with_content = state.content == "full-resource"
+        pending = notifications.events(session, subscription_id, state.delivered_through, None, state.max_count, with_content=with_content)
+        again = notifications.events(session, subscription_id, 0, None, state.max_count, with_content=with_content,
+                                     resend=True) if state.resend else []
     changes: dict[str, Any] = {"lease_until": None}
+    sent_again: list[int] = []
     status = state.status
     try:
         if status == "requested":
@@ -92,7 +104,10 @@ def deliver(subscription_id: str, client: httpx.Client) -> None:
         if pending:
             _post(state, client, notifications.bundle(SimpleNamespace(**(vars(state) | {"status": status})), "event-notification", pending))
             changes["delivered_through"] = pending[-1].number
-        elif state.heartbeat_seconds and state.status != "requested":
+        if again:
+            _post(state, client, notifications.bundle(SimpleNamespace(**(vars(state) | {"status": status})), "event-notification", again))
+            sent_again = [item.number for item in again]
+        if not pending and not again and state.heartbeat_seconds and state.status != "requested":
             _post(state, client, notifications.bundle(state, "heartbeat", []))
         if status == "error":
             status = "active"
@@ -111,6 +126,9 @@ def deliver(subscription_id: str, client: httpx.Client) -> None:
             changes["status"] = status
             _write_status(session, subscription_id, status, changes.get("last_error"))
         session.execute(update(subscription_state).where(subscription_state.c.subscription_id == subscription_id).values(**changes))
+        if sent_again:
+            session.execute(delete(subscription_resend).where(subscription_resend.c.subscription_id == subscription_id,
+                                                              subscription_resend.c.event_number.in_(sent_again)))
 
 
 class DeliveryFailed(Exception):

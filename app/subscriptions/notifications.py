@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.config import get_settings
 from app.store import dates
 from app.store.tables import resource_version
-from app.subscriptions.tables import subscription_event
+from app.subscriptions.tables import subscription_event, subscription_resend
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,10 @@ def bundle(state: Any, kind: str, events: list[Event], *, content: str | None = 
             "entry": entries}
 
 
-def events(session: Session, subscription_id: str, after: int, until: int | None, limit: int, *, with_content: bool) -> list[Event]:
-    """The subscription's events numbered above `after` (and up to `until`), oldest first."""
+def events(session: Session, subscription_id: str, after: int, until: int | None, limit: int, *, with_content: bool,
+           resend: bool = False) -> list[Event]:
+    """The subscription's events numbered above `after` (and up to `until`), oldest first; with `resend`, only those
+    chosen to be sent again."""
     columns = [subscription_event.c.event_number, subscription_event.c.at, subscription_event.c.res_type,
                subscription_event.c.res_id, subscription_event.c.version_id]
     statement = select(*columns, resource_version.c.content) if with_content else select(*columns)
@@ -88,6 +90,10 @@ def events(session: Session, subscription_id: str, after: int, until: int | None
     statement = statement.where(subscription_event.c.subscription_id == subscription_id, subscription_event.c.event_number > after)
     if until is not None:
         statement = statement.where(subscription_event.c.event_number <= until)
+    if resend:
+        statement = statement.where(select(subscription_resend.c.event_number).where(
+            subscription_resend.c.subscription_id == subscription_id,
+            subscription_resend.c.event_number == subscription_event.c.event_number).exists())
     rows = session.execute(statement.order_by(subscription_event.c.event_number).limit(limit)).all()
     return [_event(row, with_content) for row in rows]
 

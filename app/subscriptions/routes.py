@@ -1,4 +1,4 @@
-"""$status and $events (Backport IG) under /fhir/Subscription. Registered before the FHIR routes, whose
+"""$status and $events (Backport IG), and Qiao's $replay, under /fhir/Subscription. Registered before the FHIR routes, whose
 /fhir/{type}/{id} would take these paths."""
 
 from typing import Annotated
@@ -6,8 +6,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from app.auth.access import ReadSessionDep
+from app.auth.access import ReadSessionDep, SessionDep
 from app.fhir.formats import FhirResponse
+from app.fhir.parameters import PostedParameters
 from app.subscriptions import service
 
 router = APIRouter(prefix="/fhir/Subscription", default_response_class=FhirResponse)
@@ -29,3 +30,10 @@ def events(subscription_id: str, session: ReadSessionDep,
            eventsSinceNumber: int | None = None, eventsUntilNumber: int | None = None,  # noqa: N803 (the IG's names)
            content: str | None = None) -> Response:
     return FhirResponse(service.events(session, subscription_id, eventsSinceNumber, eventsUntilNumber, content))
+
+
+@router.post("/{subscription_id}/$replay")
+def replay(subscription_id: str, session: SessionDep, parameters: PostedParameters) -> Response:
+    """Send delivered events again, chosen by number, resource or time (parameters in the URL or a Parameters body)."""
+    replayed = service.replay(session, subscription_id, service.selection(parameters))
+    return FhirResponse(service.replay_outcome(subscription_id, replayed))

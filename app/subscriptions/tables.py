@@ -49,3 +49,11 @@ subscription_event = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("subscription_id", "event_number"),
 )
+
+subscription_resend = Table(
+    "subscription_resend",
+    metadata,
+    # events already delivered that an operator or the subscriber asked to have sent again (replay by filter)
+    Column("subscription_id", String(64), primary_key=True),
+    Column("event_number", BigInteger, primary_key=True),
+)

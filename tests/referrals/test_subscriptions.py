@@ -10,9 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app import db
 from app.config import get_settings
-from app.subscriptions import service
 from app.subscriptions.registry import FILTER, HEARTBEAT, PAYLOAD_CONTENT, SECRET
 from tests.builders import patient
 from tests.referrals.conftest import Receiver
@@ -99,8 +97,8 @@ def test_referral_changes_reach_the_subscribers_signed_in_order_through_an_outag
     eventually(lambda: client.get(f"/fhir/Subscription/{created['id']}", headers=hospital).json()["status"] == "active")
     assert kinds(receivers["other"].bundles()) == ["handshake"]  # never told of a resident it does not care for
 
-    with db.transaction() as session:  # what `qiao subscriptions replay ID --since 2` does
-        assert service.replay(session, created["id"], since=2) == 2
+    replayed = client.post(f"/fhir/Subscription/{created['id']}/$replay?eventsSinceNumber=2", headers=hospital)
+    assert replayed.status_code == 200 and replayed.json()["parameter"][1] == {"name": "queued", "valueInteger": 2}
     assert numbers(receivers["hospital"].wait_for(lambda b: len(numbers(b)) == 5)) == [1, 2, 3, 2, 3]
 
 
@@ -123,7 +121,7 @@ def test_the_capability_statement_declares_the_topics(client: TestClient) -> Non
     statement = client.get("/fhir/metadata").json()
     subscription = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
     assert TOPIC in [e["valueCanonical"] for e in subscription["extension"]]
-    assert [o["name"] for o in subscription["operation"]] == ["status", "events"]
+    assert [o["name"] for o in subscription["operation"]] == ["status", "events", "replay"]
     assert "http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/CapabilitySubscriptionServer" in statement["instantiates"]
 
 
