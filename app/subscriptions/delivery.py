@@ -14,13 +14,14 @@ import hmac
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import db
@@ -54,8 +55,8 @@ def _resend_of(subscription_id: Any) -> Any:
     return select(subscription_resend.c.event_number).where(subscription_resend.c.subscription_id == subscription_id).exists()
 
 
-def claim(limit: int) -> list[str]:
-    """Lease up to `limit` subscriptions that have something to send now."""
+def claim(limit: int) -> list[SimpleNamespace]:
+    """Lease up to `limit` subscriptions that have something to send now; their delivery state, as leased."""
     now = dates.now()
     state = subscription_state.c
     with db.read_session() as session:
@@ -75,43 +76,54 @@ def claim(limit: int) -> list[str]:
     free = (select(state.subscription_id).where(state.subscription_id.in_(due), or_(state.lease_until.is_(None), state.lease_until < now))
             .order_by(state.subscription_id).with_for_update(skip_locked=True))
     with db.transaction() as session:
-        return list(session.execute(
+        return [SimpleNamespace(**row._mapping) for row in session.execute(
             update(subscription_state).where(state.subscription_id.in_(free.scalar_subquery()))
-            .values(lease_until=now + timedelta(seconds=get_settings().subscription_lease_seconds)).returning(state.subscription_id)
-        ).scalars())
+            .values(lease_until=now + timedelta(seconds=get_settings().subscription_lease_seconds))
+            .returning(*subscription_state.c, _resend_of(state.subscription_id).label("resend")))]
 
 
-def deliver(subscription_id: str, client: httpx.Client) -> None:
-    """Send what the claimed subscription has pending (handshake, events, events chosen to be sent again, or a
-    heartbeat), then release it. What was acknowledged is recorded even when a later POST fails."""
+@dataclass
+class Delivery:
+    """A claimed subscription, what it is to be sent, and after sending, what to record."""
+
+    state: SimpleNamespace
+    pending: list[notifications.Event]  # the stream: events not yet acknowledged, in number order
+    again: list[notifications.Event]  # chosen for a replay
+    changes: dict[str, Any] = field(default_factory=dict)
+    sent_again: list[int] = field(default_factory=list)
+
+
+def prepare(states: list[SimpleNamespace]) -> list[Delivery]:
+    """Read what each claimed subscription is to be sent: the stream's pending events of all of them at once."""
     with db.read_session() as session:
-        row = session.execute(select(subscription_state, _resend_of(subscription_state.c.subscription_id).label("resend"))
-                              .where(subscription_state.c.subscription_id == subscription_id)).first()
-        if row is None:
-            return
-        state = SimpleNamespace(**row._mapping)
-        with_content = state.content == "full-resource"
-        pending = notifications.events(session, subscription_id, state.delivered_through, None, state.max_count, with_content=with_content)
-        again = notifications.events(session, subscription_id, 0, None, state.max_count, with_content=with_content,
-                                     resend=True) if state.resend else []
-    changes: dict[str, Any] = {"lease_until": None}
-    sent_again: list[int] = []
+        pending = notifications.pending(session, [(s.subscription_id, s.delivered_through, s.max_count, s.content == "full-resource")
+                                                  for s in states])
+        return [Delivery(s, pending.get(s.subscription_id, []), notifications.events(
+            session, s.subscription_id, 0, None, s.max_count, with_content=s.content == "full-resource", resend=True) if s.resend else [])
+                for s in states]
+
+
+def send(delivery: Delivery, client: httpx.Client) -> Delivery:
+    """POST the handshake, the pending events, the events to send again, or a heartbeat; note in `changes` what the
+    subscriber acknowledged, even when a later POST fails."""
+    state, pending, again = delivery.state, delivery.pending, delivery.again
+    changes = delivery.changes
+    changes.update(lease_until=None, delivered_through=state.delivered_through, heartbeat_at=state.heartbeat_at, status=state.status)
     status = state.status
     try:
         if status == "requested":
             _post(state, client, notifications.bundle(state, "handshake", []))
             status = "active"
+        shown = SimpleNamespace(**(vars(state) | {"status": status}))
         if pending:
-            _post(state, client, notifications.bundle(SimpleNamespace(**(vars(state) | {"status": status})), "event-notification", pending))
+            _post(state, client, notifications.bundle(shown, "event-notification", pending))
             changes["delivered_through"] = pending[-1].number
         if again:
-            _post(state, client, notifications.bundle(SimpleNamespace(**(vars(state) | {"status": status})), "event-notification", again))
-            sent_again = [item.number for item in again]
+            _post(state, client, notifications.bundle(shown, "event-notification", again))
+            delivery.sent_again = [item.number for item in again]
         if not pending and not again and state.heartbeat_seconds and state.status != "requested":
             _post(state, client, notifications.bundle(state, "heartbeat", []))
-        if status == "error":
-            status = "active"
-        changes.update(failures=0, last_error=None, next_attempt_at=dates.now())
+        changes.update(status="active" if status == "error" else status, failures=0, last_error=None, next_attempt_at=dates.now())
         if state.heartbeat_seconds:
             changes["heartbeat_at"] = dates.now() + timedelta(seconds=state.heartbeat_seconds)
     except (httpx.HTTPError, DeliveryFailed) as error:
@@ -119,16 +131,26 @@ def deliver(subscription_id: str, client: httpx.Client) -> None:
         message = str(error)[:500] if isinstance(error, DeliveryFailed) else f"{type(error).__name__} posting to the endpoint"
         changes.update(failures=failures, last_error=message, next_attempt_at=dates.now() + timedelta(seconds=backoff(failures)))
         if state.status == "requested" or failures >= get_settings().subscription_error_after:
-            status = "error"  # a failed handshake is an error at once (Backport IG)
-        log.warning("subscription.delivery_failed", extra=fields(subscription=subscription_id, failures=failures, error=message))
+            changes["status"] = "error"  # a failed handshake is an error at once (Backport IG)
+        log.warning("subscription.delivery_failed", extra=fields(subscription=state.subscription_id, failures=failures, error=message))
+    return delivery
+
+
+def record(deliveries: list[Delivery]) -> None:
+    """Release the subscriptions and keep how far each got, in one transaction (one statement for the usual case).
+    Rows are updated in subscription order, the order in which writers lock them to count events (no deadlock)."""
+    state = subscription_state.c
+    deliveries = sorted(deliveries, key=lambda d: d.state.subscription_id)
     with db.transaction() as session:
-        if status != state.status:
-            changes["status"] = status
-            _write_status(session, subscription_id, status, changes.get("last_error"))
-        session.execute(update(subscription_state).where(subscription_state.c.subscription_id == subscription_id).values(**changes))
-        if sent_again:
-            session.execute(delete(subscription_resend).where(subscription_resend.c.subscription_id == subscription_id,
-                                                              subscription_resend.c.event_number.in_(sent_again)))
+        for delivery in deliveries:
+            if delivery.changes["status"] != delivery.state.status:
+                _write_status(session, delivery.state.subscription_id, delivery.changes["status"], delivery.changes["last_error"])
+        session.execute(update(subscription_state).where(state.subscription_id == bindparam("id")),
+                        [{"id": d.state.subscription_id} | d.changes for d in deliveries])
+        for delivery in deliveries:
+            if delivery.sent_again:
+                session.execute(delete(subscription_resend).where(subscription_resend.c.subscription_id == delivery.state.subscription_id,
+                                                                  subscription_resend.c.event_number.in_(delivery.sent_again)))
 
 
 class DeliveryFailed(Exception):
@@ -197,6 +219,6 @@ class Worker:
     def run_once(self) -> int:
         """Deliver what is due now; returns how many subscriptions were served."""
         claimed = claim(limit=4 * get_settings().subscription_delivery_threads)
-        for future in [self._pool.submit(deliver, subscription_id, self._client) for subscription_id in claimed]:
-            future.result()
+        if claimed:
+            record(list(self._pool.map(lambda delivery: send(delivery, self._client), prepare(claimed))))
         return len(claimed)

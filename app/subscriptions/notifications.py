@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, and_, select
+from sqlalchemy import Row, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -77,17 +77,34 @@ def bundle(state: Any, kind: str, events: list[Event], *, content: str | None = 
             "entry": entries}
 
 
+def pending(session: Session, wanted: list[tuple[str, int, int, bool]]) -> dict[str, list[Event]]:
+    """For several subscriptions at once, (subscription, after, limit, with content): its events numbered above
+    `after`, at most `limit`, oldest first. Event numbers have no gaps, so the range is exact."""
+    found: dict[str, list[Event]] = {}
+    for with_content in (False, True):
+        ranges = [and_(subscription_event.c.subscription_id == sid, subscription_event.c.event_number > after,
+                       subscription_event.c.event_number <= after + limit) for sid, after, limit, content in wanted if content == with_content]
+        if ranges:
+            statement = _select(with_content).where(or_(*ranges)).order_by(subscription_event.c.subscription_id, subscription_event.c.event_number)
+            for row in session.execute(statement):
+                found.setdefault(row.subscription_id, []).append(_event(row, with_content))
+    return found
+
+
+def _select(with_content: bool) -> Select[Any]:
+    columns = [subscription_event.c.subscription_id, subscription_event.c.event_number, subscription_event.c.at,
+               subscription_event.c.res_type, subscription_event.c.res_id, subscription_event.c.version_id]
+    if not with_content:
+        return select(*columns)
+    return select(*columns, resource_version.c.content).outerjoin(resource_version, and_(
+        resource_version.c.resource_pk == subscription_event.c.resource_pk, resource_version.c.version_id == subscription_event.c.version_id))
+
+
 def events(session: Session, subscription_id: str, after: int, until: int | None, limit: int, *, with_content: bool,
            resend: bool = False) -> list[Event]:
     """The subscription's events numbered above `after` (and up to `until`), oldest first; with `resend`, only those
     chosen to be sent again."""
-    columns = [subscription_event.c.event_number, subscription_event.c.at, subscription_event.c.res_type,
-               subscription_event.c.res_id, subscription_event.c.version_id]
-    statement = select(*columns, resource_version.c.content) if with_content else select(*columns)
-    if with_content:
-        statement = statement.outerjoin(resource_version, and_(resource_version.c.resource_pk == subscription_event.c.resource_pk,
-                                                               resource_version.c.version_id == subscription_event.c.version_id))
-    statement = statement.where(subscription_event.c.subscription_id == subscription_id, subscription_event.c.event_number > after)
+    statement = _select(with_content).where(subscription_event.c.subscription_id == subscription_id, subscription_event.c.event_number > after)
     if until is not None:
         statement = statement.where(subscription_event.c.event_number <= until)
     if resend:
