@@ -1,6 +1,6 @@
 """Subscription delivery: from a referral Task change to the subscriber's receipt, with 100 subscriptions.
 
-    .venv/bin/python -m tests.benchmarks.subscriptions [--rate 6] [--seconds 30] [--workers 2]
+    .venv/bin/python -m tests.benchmarks.subscriptions [--rate 10] [--seconds 30] [--workers 2]
 
 Two phases against `qiao serve` on PostgreSQL, the subscribers being one rest-hook receiver on loopback (asyncio,
 in this process) behind 100 endpoints:
@@ -221,7 +221,7 @@ def closed_loop(server_url: str, operator: dict[str, str], tasks: list[dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rate", type=float, default=6, help="fan-out phase: Task changes per second (each is 100 events)")
+    parser.add_argument("--rate", type=float, default=10, help="fan-out phase: Task changes per second (each is 100 events)")
     parser.add_argument("--seconds", type=float, default=30, help="length of each phase's writing")
     parser.add_argument("--subscriptions", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
