@@ -68,8 +68,8 @@ class Settings(BaseSettings):
     referral_draft_days: int = 14
     #: How often each server process looks for notifications to deliver (seconds); its own writes wake it at once.
     subscription_poll_seconds: float = 0.2
-    #: Deliveries each server process makes at the same time (to different subscriptions).
-    subscription_delivery_threads: int = 4
+    #: Deliveries each server process makes at the same time (to different subscriptions); a slow endpoint holds one.
+    subscription_delivery_threads: int = 16
     #: Failed deliveries in a row after which a Subscription shows status `error` (retries go on).
     subscription_error_after: int = 3
     #: The longest wait between retries of a failing delivery (seconds).

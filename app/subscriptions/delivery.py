@@ -12,7 +12,9 @@ succeeds). Every body is signed: header X-Qiao-Signature = "sha256=" + hex HMAC-
 import hashlib
 import hmac
 import logging
+import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,6 +35,8 @@ from app.subscriptions import notifications
 from app.subscriptions.tables import subscription_resend, subscription_state
 
 log = logging.getLogger("qiao.subscriptions")
+#: How long finished deliveries may wait to be recorded with others (and their threads to be given new work).
+GATHER_SECONDS = 0.05
 SIGNATURE_HEADER = "X-Qiao-Signature"
 
 
@@ -91,6 +95,7 @@ class Delivery:
     again: list[notifications.Event]  # chosen for a replay
     changes: dict[str, Any] = field(default_factory=dict)
     sent_again: list[int] = field(default_factory=list)
+    finished_at: float = 0.0  # time.monotonic()
 
 
 def prepare(states: list[SimpleNamespace]) -> list[Delivery]:
@@ -182,15 +187,21 @@ def _write_status(session: Session, subscription_id: str, status: str, error: st
 
 
 class Worker:
-    """A thread per server process: claims due subscriptions and delivers them on a small pool of threads."""
+    """A thread per server process that keeps up to `subscription_delivery_threads` deliveries going on a pool: it
+    claims as many due subscriptions as there are free threads, reads what they are owed in one query, and records
+    finished ones together. A slow endpoint holds one thread, not the others' next deliveries."""
 
     def __init__(self) -> None:
         settings = get_settings()
         self._poll = settings.subscription_poll_seconds
-        self._pool = ThreadPoolExecutor(settings.subscription_delivery_threads, thread_name_prefix="qiao-delivery")
+        self._threads = settings.subscription_delivery_threads
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="qiao-delivery")
         self._client = httpx.Client(follow_redirects=False)
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # a write raised events, or a delivery finished
+        self._finished: queue.SimpleQueue[Delivery] = queue.SimpleQueue()  # from the pool's threads
+        self._done: list[Delivery] = []  # finished, not yet recorded; the worker's thread only
+        self._in_flight = 0  # claimed and not yet recorded; changed by the worker's thread only
         self._thread = threading.Thread(target=self._run, name="qiao-subscriptions", daemon=True)
 
     def start(self) -> None:
@@ -204,21 +215,52 @@ class Worker:
         self._wake.set()
         self._thread.join(timeout=30)
         self._pool.shutdown(wait=True)
+        while not self._finished.empty():
+            self._done.append(self._finished.get())
+        self._record_done()
         self._client.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self._poll)
+            self._wake.wait(GATHER_SECONDS if self._done else self._poll)
             self._wake.clear()
             try:
-                while not self._stop.is_set() and self.run_once():
+                while not self._stop.is_set() and self._step():
                     pass
             except Exception as error:  # noqa: BLE001 - keep delivering; the outbox keeps what was not sent
                 log.error("subscription.worker_failed", exc_info=error, extra=fields(error=type(error).__name__))
 
-    def run_once(self) -> int:
-        """Deliver what is due now; returns how many subscriptions were served."""
-        claimed = claim(limit=4 * get_settings().subscription_delivery_threads)
-        if claimed:
-            record(list(self._pool.map(lambda delivery: send(delivery, self._client), prepare(claimed))))
-        return len(claimed)
+    def _step(self) -> bool:
+        """Record finished deliveries and start due ones, in batches (each a few round trips, whatever its size): once
+        half the threads are done, or all, or the first finished GATHER_SECONDS ago. False when there was nothing to do."""
+        while not self._finished.empty():
+            self._done.append(self._finished.get())
+        gathered = len(self._done) >= min(self._in_flight, max(self._threads // 2, 1))
+        if self._done and not gathered and time.monotonic() - self._done[0].finished_at < GATHER_SECONDS:
+            return False
+        recorded = self._record_done()
+        free = self._threads - self._in_flight
+        claimed = claim(limit=free) if free > 0 else []
+        for delivery in prepare(claimed) if claimed else []:
+            self._in_flight += 1
+            self._pool.submit(self._send, delivery)
+        return bool(recorded or claimed)
+
+    def _send(self, delivery: Delivery) -> None:
+        try:
+            send(delivery, self._client)
+        except Exception as error:  # noqa: BLE001 - not recorded: the lease runs out and the events go again
+            delivery.changes.clear()
+            log.error("subscription.delivery_crashed", exc_info=error, extra=fields(error=type(error).__name__))
+        finally:
+            delivery.finished_at = time.monotonic()
+            self._finished.put(delivery)
+            self._wake.set()
+
+    def _record_done(self) -> int:
+        """Record the finished deliveries in one transaction; how many."""
+        done, self._done = self._done, []
+        if done:
+            self._in_flight -= len(done)
+            record([d for d in done if d.changes])
+        return len(done)

@@ -138,3 +138,21 @@ def test_a_quiet_subscription_gets_signed_heartbeats_at_its_period(
     assert status_of(beat)["events-since-subscription-start"]["valueString"] == "0" and len(beat["entry"]) == 1
     headers, body = receivers["hospital"].received[-1]
     assert headers["x-qiao-signature"] == "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def test_a_slow_subscriber_does_not_hold_up_the_others(
+        client: TestClient, institutions: dict[str, Headers], receivers: dict[str, Receiver]) -> None:
+    chc, hospital = institutions["chc"], institutions["hospital"]
+    post(client, hospital, subscription(receivers["hospital"].url, "hospital-secret-0123456789", "Task?owner=Organization/hosp-1"))
+    post(client, chc, subscription(receivers["chc"].url, "chc-secret-0123456789", "Task?requester=Organization/chc-1"))
+    for name in ("hospital", "chc"):
+        receivers[name].wait_for(lambda b: kinds(b) == ["handshake"])
+    receivers["hospital"].delay = 4
+    task = refer_up(client, chc, post(client, chc, patient("李", "秀英"))["id"])
+    receivers["hospital"].wait_for(lambda b: numbers(b) == [1])  # arrived; its answer takes 4 s
+    seen = len(numbers(receivers["chc"].wait_for(lambda b: len(numbers(b)) >= 1)))  # the referral (and its follow-up task)
+    moved = time.monotonic()
+    move(client, chc, task, "cancelled")  # the referrer withdraws the request before it is accepted
+    receivers["chc"].wait_for(lambda b: len(numbers(b)) > seen, timeout=3)
+    assert time.monotonic() - moved < 2  # not behind the hospital's delivery
+    receivers["hospital"].wait_for(lambda b: numbers(b) == [1, 2], timeout=15)
