@@ -108,7 +108,7 @@ def prepare(states: list[SimpleNamespace]) -> list[Delivery]:
                 for s in states]
 
 
-def send(delivery: Delivery, client: httpx.Client) -> Delivery:
+def send(delivery: Delivery, client: httpx.Client) -> None:
     """POST the handshake, the pending events, the events to send again, or a heartbeat; note in `changes` what the
     subscriber acknowledged, even when a later POST fails."""
     state, pending, again = delivery.state, delivery.pending, delivery.again
@@ -138,12 +138,13 @@ def send(delivery: Delivery, client: httpx.Client) -> Delivery:
         if state.status == "requested" or failures >= get_settings().subscription_error_after:
             changes["status"] = "error"  # a failed handshake is an error at once (Backport IG)
         log.warning("subscription.delivery_failed", extra=fields(subscription=state.subscription_id, failures=failures, error=message))
-    return delivery
 
 
 def record(deliveries: list[Delivery]) -> None:
     """Release the subscriptions and keep how far each got, in one transaction (one statement for the usual case).
     Rows are updated in subscription order, the order in which writers lock them to count events (no deadlock)."""
+    if not deliveries:
+        return
     state = subscription_state.c
     deliveries = sorted(deliveries, key=lambda d: d.state.subscription_id)
     with db.transaction() as session:

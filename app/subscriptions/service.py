@@ -109,7 +109,7 @@ def _moment(values: dict[str, str], name: str, zone: ZoneInfo, end: int) -> date
 
 @dataclass(frozen=True)
 class Replayed:
-    queued: int  # delivered events chosen to be sent again (now waiting, with any chosen before)
+    queued: int  # the delivered events this replay chose: each is sent again (once, if it was already waiting)
     pending: int  # events not yet delivered; they are sent in any case
 
 
@@ -135,14 +135,14 @@ def replay(session: Session, subscription_id: str, chosen: Selection) -> Replaye
     conditions += [or_(*(and_(event.res_type == t, event.res_id == i) for t, i in (f.split("/") for f in chosen.focus)))] if chosen.focus else []
     conditions += [event.at >= chosen.raised_from] if chosen.raised_from is not None else []
     conditions += [event.at < chosen.raised_before] if chosen.raised_before is not None else []
+    chosen_count = session.execute(select(func.count()).select_from(subscription_event).where(*conditions)).scalar_one()
     resend = subscription_resend.c
     waiting = select(resend.event_number).where(resend.subscription_id == subscription_id, resend.event_number == event.event_number)
     session.execute(insert(subscription_resend).from_select(
         ["subscription_id", "event_number"], select(event.subscription_id, event.event_number).where(*conditions, ~waiting.exists())))
     session.execute(update(subscription_state).where(subscription_state.c.subscription_id == subscription_id)
                     .values(failures=0, next_attempt_at=dates.now(), last_error=None))
-    queued = session.execute(select(func.count()).where(resend.subscription_id == subscription_id)).scalar_one()
-    return Replayed(queued=int(queued), pending=int(state.events_count - state.delivered_through))
+    return Replayed(queued=int(chosen_count), pending=int(state.events_count - state.delivered_through))
 
 
 def replay_outcome(subscription_id: str, replayed: Replayed) -> dict[str, Any]:

@@ -6,7 +6,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app import db
 from app.cli import main
+from app.subscriptions import service
 from tests.builders import patient
 from tests.referrals.conftest import Receiver
 from tests.referrals.test_subscriptions import eventually, fast_retries, numbers, status_of, subscription  # noqa: F401 (fixture)
@@ -29,10 +31,16 @@ def delivered(client: TestClient, institutions: dict[str, Headers], receivers: d
     second = refer_up(client, chc, post(client, chc, patient("王", "建国"))["id"])
     move(client, hospital, second, "accepted")
     receivers["hospital"].wait_for(lambda b: sorted(numbers(b)) == [1, 2, 3, 4])
-    eventually(lambda: client.get(f"/fhir/Subscription/{created['id']}/$status", headers=hospital).json()["entry"][0]["resource"]
-               ["parameter"][2]["valueCode"] == "active")
+    eventually(lambda: acknowledged(created["id"]))  # recorded a moment after the receipt
     receivers["hospital"].received.clear()
     return {"id": created["id"], "first": first["id"], "second": second["id"]}
+
+
+def acknowledged(subscription_id: str) -> bool:
+    """Whether the server has recorded every event as delivered, the subscription being active."""
+    with db.read_session() as session:
+        row = next(r for r in service.overview(session) if r["subscription_id"] == subscription_id)
+    return bool(row["pending"] == 0 and row["status"] == "active")
 
 
 def replay(client: TestClient, headers: Headers, subscription_id: str, query: str = "", body: dict[str, Any] | None = None) -> Any:
