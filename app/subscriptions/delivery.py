@@ -216,8 +216,7 @@ class Worker:
         self._wake.set()
         self._thread.join(timeout=30)
         self._pool.shutdown(wait=True)
-        while not self._finished.empty():
-            self._done.append(self._finished.get())
+        self._collect()
         self._record_done()
         self._client.close()
 
@@ -234,8 +233,7 @@ class Worker:
     def _step(self) -> bool:
         """Record finished deliveries and start due ones, in batches (each a few round trips, whatever its size): once
         half the threads are done, or all, or the first finished GATHER_SECONDS ago. False when there was nothing to do."""
-        while not self._finished.empty():
-            self._done.append(self._finished.get())
+        self._collect()
         gathered = len(self._done) >= min(self._in_flight, max(self._threads // 2, 1))
         if self._done and not gathered and time.monotonic() - self._done[0].finished_at < GATHER_SECONDS:
             return False
@@ -257,6 +255,11 @@ class Worker:
             delivery.finished_at = time.monotonic()
             self._finished.put(delivery)
             self._wake.set()
+
+    def _collect(self) -> None:
+        """Take what the pool's threads finished into the worker's own list."""
+        while not self._finished.empty():
+            self._done.append(self._finished.get())
 
     def _record_done(self) -> int:
         """Record the finished deliveries in one transaction; how many."""

@@ -22,10 +22,17 @@ from app.subscriptions.tables import subscription_event, subscription_resend, su
 MAX_EVENTS = 1000
 
 
-def _state(session: Session, subscription_id: str) -> Row[Any]:
-    """The delivery state of a Subscription the caller may read (the read is checked and audited as any read)."""
-    store.read(session, "Subscription", subscription_id)
-    state = session.execute(select(subscription_state).where(subscription_state.c.subscription_id == subscription_id)).first()
+def _state(session: Session, subscription_id: str, *, change: bool = False) -> Row[Any]:
+    """The delivery state of a Subscription the caller may read (the read is checked and audited as any read), or
+    with `change`, may change: its subscriber or an operator; the row is then locked until commit."""
+    stored = store.read(session, "Subscription", subscription_id)
+    statement = select(subscription_state).where(subscription_state.c.subscription_id == subscription_id)
+    if change:
+        principal = policy.principal_of(session)
+        policy.require(principal, "Subscription", "u")
+        policy.require_writable(session, principal, stored, stored.reference)
+        statement = statement.with_for_update()
+    state = session.execute(statement).first()
     if state is None:
         raise NotFound(f"Subscription/{subscription_id} has no delivery state", expression=["Subscription"])
     return state
@@ -117,14 +124,7 @@ def replay(session: Session, subscription_id: str, chosen: Selection) -> Replaye
     """Send the chosen events that were already delivered again, with their own numbers, and try the subscriber now.
     Events not yet delivered are left to the stream, which sends them in order anyway. Who may change the
     Subscription may ask: its subscriber, or an operator."""
-    principal = policy.principal_of(session)
-    stored = store.read(session, "Subscription", subscription_id)
-    policy.require(principal, "Subscription", "u")
-    policy.require_writable(session, principal, stored, stored.reference)
-    state = session.execute(select(subscription_state).where(subscription_state.c.subscription_id == subscription_id)
-                            .with_for_update()).first()
-    if state is None:
-        raise NotFound(f"Subscription/{subscription_id} has no delivery state", expression=["Subscription"])
+    state = _state(session, subscription_id, change=True)
     if state.status == "off":
         raise Conflict(f"Subscription/{subscription_id} is off; turn it on (status requested) before a replay", expression=["status"])
     event = subscription_event.c
