@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import orjson
@@ -52,7 +52,8 @@ def model() -> Model:
 
 def blocking_keys(f: Features) -> list[str]:
     """Keys under which a record is found: exact ID number; either half of it with the surname (a typo spares one
-    half); name sound with birth year; surname with birth date; each phone; insurance number."""
+    half); name sound with birth year; surname with birth date; name sound with dwelling (when a birth date is
+    missing); each phone; insurance number."""
     keys = []
     if f.id_number:
         keys.append(f"id:{f.id_number}")
@@ -60,6 +61,8 @@ def blocking_keys(f: Features) -> list[str]:
             keys += [f"ih:{f.id_number[:9]}:{f.name.surname}", f"it:{f.id_number[9:]}:{f.name.surname}"]
     if f.name and f.birth_date:
         keys += [f"nb:{f.name.pinyin}:{f.birth_date[:4]}", f"sb:{f.name.surname}:{f.birth_date}"]
+    if f.name and f.dwelling:
+        keys.append(f"nd:{f.name.pinyin}:{f.dwelling}")
     keys += [f"ph:{p}" for p in f.phones]
     if f.insurance:
         keys.append(f"in:{f.insurance}")
@@ -113,6 +116,7 @@ class Pool:
     records: dict[str, tuple[str, Features]]  # patient id → (master id, features)
     shares: dict[str, float]
     distinct: set[tuple[str, str]]  # pairs a steward declared different, smaller id first
+    population: int  # residents (masters) in the index, at least QIAO_MPI_MIN_POPULATION
 
     @classmethod
     def read(cls, connection: Connection, batch: Sequence[Features], ids: Sequence[str]) -> "Pool":
@@ -130,8 +134,9 @@ class Pool:
         by_pk = {row.pk: row.patient_id for row in rows}
         records = {row.patient_id: (row.master_id, Features.from_json(orjson.loads(row.features))) for row in rows}
         distinct = _distinct(connection, list(ids), list(records)) if ids and records else set()
+        population = max(_population(connection), get_settings().mpi_min_population)
         return cls({key: [by_pk[pk] for pk in found if pk in by_pk] for key, found in under.items()}, records,
-                   _shares(connection, batch), distinct)
+                   _shares(connection, batch, population), distinct, population)
 
     def score(self, f: Features, *, exclude: str | None = None) -> list[Candidate]:
         ids = dict.fromkeys(pid for key in blocking_keys(f) for pid in self.blocks.get(key, ()) if pid != exclude)
@@ -140,9 +145,11 @@ class Pool:
         for patient_id in list(ids)[:MAX_CANDIDATES]:
             master_id, other = self.records[patient_id]
             levels = compare(f, other)
-            probability = current.probability(current.weight(levels, lambda c, lv: _share(self.shares, f, c, lv)))
+            frequency = partial(_share, self.shares, f)
+            probability = current.probability(current.weight(levels, frequency))
             ruled_out = (exclude is not None and _pair(exclude, patient_id) in self.distinct) or levels.get("id_number") == ID_DIFFERENT
-            graded = CERTAINLY_NOT if ruled_out else grade(current, levels, probability)
+            namesake = current.probability(current.weight(levels, frequency, prior=1 / self.population))
+            graded = CERTAINLY_NOT if ruled_out else grade(current, levels, probability, namesake)
             candidates.append(Candidate(patient_id, master_id, probability, levels, graded, ruled_out))
         return sorted(candidates, key=lambda c: -c.probability)
 
@@ -172,7 +179,7 @@ def _pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
-def _shares(connection: Connection, batch: Sequence[Features]) -> dict[str, float]:
+def _shares(connection: Connection, batch: Sequence[Features], population: int) -> dict[str, float]:
     """Each value's share of the residents (distinct masters), for term-frequency adjustment."""
     keys = sorted({key for f in batch for key in frequency_keys(f) + [f"ph:{p}" for p in f.phones]})
     if not keys:
@@ -183,7 +190,6 @@ def _shares(connection: Connection, batch: Sequence[Features]) -> dict[str, floa
         .join(mpi_record, mpi_record.c.pk == sample.c.record_pk)
         .group_by(sample.c.key)
     ).all()
-    population = max(_population(connection), get_settings().mpi_min_population)
     return {key: max(count, 1) / population for key, count in counts}
 
 

@@ -31,6 +31,7 @@ COMPARISONS: dict[str, tuple[str, ...]] = {
     "address": ("same", "same dwelling", "same region", "different"),
 }
 ID_DIFFERENT = 3
+NAME_DIFFERENT = 3
 
 
 def compare(a: Features, b: Features) -> Levels:
@@ -121,10 +122,12 @@ class Model:
     review: float = 0.5
     trained_on: dict[str, Any] = field(default_factory=dict)
 
-    def weight(self, levels: Levels, frequency: Callable[[str, int], float | None] = lambda c, lv: None) -> float:
+    def weight(self, levels: Levels, frequency: Callable[[str, int], float | None] = lambda c, lv: None, *,
+               prior: float | None = None) -> float:
         """The pair's match weight (log2 odds); `frequency(comparison, level)` gives the agreeing value's share of all
-        records, for term-frequency adjustment, or None."""
-        total = math.log2(self.prior / (1 - self.prior))
+        records, for term-frequency adjustment, or None. `prior` replaces the model's (a blocked pair's)."""
+        prior = self.prior if prior is None else prior
+        total = math.log2(prior / (1 - prior))
         for comparison, level in levels.items():
             if level is None:
                 continue
@@ -162,24 +165,34 @@ class Model:
 CERTAIN, PROBABLE, POSSIBLE, CERTAINLY_NOT = "certain", "probable", "possible", "certainly-not"
 
 
-def grade(model: Model, levels: Levels, probability: float) -> str:
-    """The match grade (FHIR match-grade codes). Two valid different ID numbers are two people whatever else agrees;
-    an automatic link ("probable" or better) also needs the ID number, or the name with corroboration, to agree, and
-    no disagreement on sex or birth date, so that twins, spouses and namesakes go to review at most."""
+def grade(model: Model, levels: Levels, probability: float, namesake_probability: float = 0.0) -> str:
+    """The match grade (FHIR match-grade codes). Two valid different ID numbers are two people whatever else agrees,
+    and so are two wholly different names that no ID or insurance number joins (spouses, parents and children share
+    a phone and a dwelling, not a name). An automatic link ("probable" or better) also needs the ID number, or the
+    name with corroboration, to agree, and no disagreement on sex or birth date, so that twins, spouses and
+    namesakes go to review at most. `namesake_probability` is the pair's probability as if any resident of the
+    population could be this one (see `_safe_to_link`)."""
     if levels.get("id_number") == ID_DIFFERENT:
+        return CERTAINLY_NOT
+    if levels.get("name") == NAME_DIFFERENT and levels.get("id_number") not in (0, 1) and levels.get("insurance") != 0:
         return CERTAINLY_NOT
     if probability < model.review:
         return CERTAINLY_NOT
-    if probability < model.link or not _safe_to_link(levels):
+    if probability < model.link or not _safe_to_link(levels, namesake_probability >= model.link):
         return POSSIBLE
     return CERTAIN if levels.get("id_number") == 0 and (levels.get("name") or 0) <= 1 else PROBABLE
 
 
-def _safe_to_link(levels: Levels) -> bool:
-    """Without an agreeing ID number, the name must agree and something only the person has (phone, insurance
-    number, dwelling) must back it: a namesake born the same day is rare, but not rare enough in a city."""
+def _safe_to_link(levels: Levels, rare_enough: bool) -> bool:
+    """Without an agreeing ID number, the name must agree and either something only the person has (phone,
+    insurance number, dwelling) backs it, or the name and the birth date are rare enough together: a namesake born
+    the same day is likely among thousands of 张伟 in a district, unlikely for 欧阳翠花. `rare_enough` says that the
+    probability with the prior of one resident in the whole population (not of one candidate in a block) and the
+    name's term frequency still reaches the link threshold."""
+    name_same = levels.get("name") in (0, 1)
     corroborated = levels.get("phone") == 0 or levels.get("insurance") == 0 or levels.get("address") in (0, 1)
-    identity_agrees = levels.get("id_number") in (0, 1) or (levels.get("name") in (0, 1) and corroborated)
+    rare = rare_enough and levels.get("birth_date") == 0 and levels.get("sex") == 0
+    identity_agrees = levels.get("id_number") in (0, 1) or (name_same and (corroborated or rare))
     name_agrees = levels.get("name") in (None, 0, 1) or levels.get("id_number") == 0
     return identity_agrees and name_agrees and levels.get("sex") != 1 and levels.get("birth_date") != 2
 

@@ -132,14 +132,16 @@ def test_a_finished_enrolment_and_a_death_end_the_span(client: TestClient, centr
 def test_when_the_index_links_a_record_to_another_master_the_membership_follows(client: TestClient, centres: None) -> None:
     number = id_card(GONGSHU, "19620505", "024")
     a = post(client, patient("孙", "丽", id_card=number, birth_date="1962-05-05", gender="female"))
-    b = post(client, patient("孫", "麗", birth_date="1962-05-05", gender="female"))  # no ID number yet: its own master
+    # no ID number yet and the month mistyped: its own master
+    b = post(client, patient("孫", "麗", birth_date="1962-06-05", gender="female"))
     master_a, master_b = master_of(client, a["id"]), master_of(client, b["id"])
     assert master_a != master_b
     post(client, condition(a["id"]))
     post(client, enrolment(b["id"], "chc-2", "2025-01-01"))
     assert members(client) == {}
 
-    put(client, {**b, "name": [{"family": "孙", "given": ["丽"]}], "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": number}]})
+    put(client, {**b, "name": [{"family": "孙", "given": ["丽"]}], "birthDate": "1962-05-05",
+                 "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": number}]})
     assert master_of(client, b["id"]) == master_a
     assert list(members(client)) == [master_a]
 

@@ -120,3 +120,46 @@ def test_masters_are_the_index_own(client: TestClient) -> None:
     assert client.post("/fhir/Patient", json=forged, headers=FHIR_JSON).status_code == 403
     assert client.delete(f"/fhir/Patient/{master}").status_code == 403
     assert client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{HOSPITAL_MRN}|nobody"}).status_code == 404
+
+
+def unreachable(body: dict[str, Any]) -> dict[str, Any]:
+    """The record without phone and address: only the name, birth date and sex can link it."""
+    return {k: v for k, v in body.items() if k not in ("telecom", "address")}
+
+
+def test_a_rare_name_born_the_same_day_links_alone_a_common_one_goes_to_review(client: TestClient) -> None:
+    born = "1962-04-17"
+    post(client, resident("欧阳", "翠花", born, number=id_number(born, 42), mrn=(HOSPITAL_MRN, "R1"), gender="female"))
+    post(client, unreachable(resident("欧阳", "翠花", born, number=None, mrn=(CHC_MRN, "R2"), gender="female")))
+    assert master_of(client, f"{HOSPITAL_MRN}|R1") == master_of(client, f"{CHC_MRN}|R2")
+    # forty residents called 张伟 (of the 10,000 the index assumes at least): a namesake born the same day is too
+    # likely to link on the name and birth date alone
+    namesakes = [resident("张", "伟", f"19{50 + i}-01-0{1 + i % 9}", number=id_number(f"19{50 + i}-01-0{1 + i % 9}", 101 + 2 * i),
+                          mrn=(HOSPITAL_MRN, f"Z{i}"), phone=f"1390000{i:04d}", address=f"北京市朝阳区学院路{i + 1}号楼1单元101室")
+                 for i in range(40)]
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"resource": body, "request": {"method": "POST", "url": "Patient"}} for body in namesakes]}
+    assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 200
+    post(client, resident("张", "伟", born, number=id_number(born, 71), mrn=(HOSPITAL_MRN, "C1")))
+    common = post(client, unreachable(resident("张", "伟", born, number=None, mrn=(CHC_MRN, "C2"))))
+    assert master_of(client, f"{HOSPITAL_MRN}|C1") != master_of(client, f"{CHC_MRN}|C2")
+    queue = client.get("/mpi/reviews").json()["reviews"]
+    assert [(r["patient"], r["master"]) for r in queue] == [(f"Patient/{common}", f"Patient/{master_of(client, f'{HOSPITAL_MRN}|C1')}")]
+
+
+def test_a_spouse_sharing_phone_and_home_is_not_even_reviewed(client: TestClient) -> None:
+    born = "1958-09-02"
+    post(client, resident("刘", "建军", born, number=id_number(born, 55), mrn=(HOSPITAL_MRN, "S1")))
+    wife = resident("陈", "桂兰", "1960-02-11", number=None, mrn=(CHC_MRN, "S2"), gender="female", address="劲松路3-2-502")
+    post(client, {k: v for k, v in wife.items() if k != "birthDate"})  # a community centre that did not record it
+    assert master_of(client, f"{HOSPITAL_MRN}|S1") != master_of(client, f"{CHC_MRN}|S2")
+    assert client.get("/mpi/reviews").json()["reviews"] == []
+
+
+def test_a_record_without_birth_date_or_id_number_is_found_by_name_and_dwelling(client: TestClient) -> None:
+    born = "1971-12-30"
+    post(client, resident("司马", "晓燕", born, number=id_number(born, 88), mrn=(HOSPITAL_MRN, "D1"), gender="female"))
+    other = resident("司马", "晓燕", born, number=None, mrn=(CHC_MRN, "D2"), gender="female", phone="13655556666",
+                     address="劲松路3-2-502")
+    post(client, {k: v for k, v in other.items() if k != "birthDate"})
+    assert master_of(client, f"{HOSPITAL_MRN}|D1") == master_of(client, f"{CHC_MRN}|D2")
