@@ -145,10 +145,10 @@ class Pool:
         for patient_id in list(ids)[:MAX_CANDIDATES]:
             master_id, other = self.records[patient_id]
             levels = compare(f, other)
-            frequency = partial(_share, self.shares, f)
-            probability = current.probability(current.weight(levels, frequency))
+            weight = current.weight(levels, partial(_share, self.shares, f))
+            probability = current.probability(weight)
             ruled_out = (exclude is not None and _pair(exclude, patient_id) in self.distinct) or levels.get("id_number") == ID_DIFFERENT
-            namesake = current.probability(current.weight(levels, frequency, prior=1 / self.population))
+            namesake = current.probability(current.reweigh(weight, 1 / self.population))
             graded = CERTAINLY_NOT if ruled_out else grade(current, levels, probability, namesake)
             candidates.append(Candidate(patient_id, master_id, probability, levels, graded, ruled_out))
         return sorted(candidates, key=lambda c: -c.probability)

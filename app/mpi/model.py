@@ -122,12 +122,10 @@ class Model:
     review: float = 0.5
     trained_on: dict[str, Any] = field(default_factory=dict)
 
-    def weight(self, levels: Levels, frequency: Callable[[str, int], float | None] = lambda c, lv: None, *,
-               prior: float | None = None) -> float:
+    def weight(self, levels: Levels, frequency: Callable[[str, int], float | None] = lambda c, lv: None) -> float:
         """The pair's match weight (log2 odds); `frequency(comparison, level)` gives the agreeing value's share of all
-        records, for term-frequency adjustment, or None. `prior` replaces the model's (a blocked pair's)."""
-        prior = self.prior if prior is None else prior
-        total = math.log2(prior / (1 - prior))
+        records, for term-frequency adjustment, or None."""
+        total = _log_odds(self.prior)
         for comparison, level in levels.items():
             if level is None:
                 continue
@@ -137,6 +135,10 @@ class Model:
                 u = max(share, 1e-9)
             total += math.log2(self.m[comparison][level] / u)
         return total
+
+    def reweigh(self, weight: float, prior: float) -> float:
+        """The same evidence with another prior than the model's (a blocked pair's)."""
+        return weight - _log_odds(self.prior) + _log_odds(prior)
 
     @staticmethod
     def probability(weight: float) -> float:
@@ -158,6 +160,10 @@ class Model:
         return cls(m={c: comparisons[c]["m"] for c in COMPARISONS}, u={c: comparisons[c]["u"] for c in COMPARISONS},
                    prior=document["prior"], link=document.get("link", 0.999), review=document.get("review", 0.5),
                    trained_on=document.get("trained_on") or {})
+
+
+def _log_odds(probability: float) -> float:
+    return math.log2(probability / (1 - probability))
 
 
 # --- grades and safety rules ---------------------------------------------------------------------------------

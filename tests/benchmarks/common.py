@@ -295,3 +295,49 @@ def operator_token(database_url: str, scope: str = "system/*.cruds") -> dict[str
     minted = subprocess.run([sys.executable, "-m", "app.cli", "token", "--scope", scope], env=env, cwd=ROOT,
                             capture_output=True, text=True, check=True)
     return {"Authorization": f"Bearer {minted.stdout.split()[-1]}"}
+
+
+def renewed_operator_token(database_url: str, every: float = 240.0) -> Callable[[], dict[str, str]]:
+    """The operator's Authorization header, minted again every `every` seconds (tokens last 5 minutes), for runs
+    longer than a token."""
+    lock = threading.Lock()
+    header, minted_at = operator_token(database_url), time.monotonic()
+
+    def current() -> dict[str, str]:
+        nonlocal header, minted_at
+        with lock:
+            if time.monotonic() - minted_at > every:
+                header, minted_at = operator_token(database_url), time.monotonic()
+            return header
+
+    return current
+
+
+def post_concurrently(url: str, bodies: list[bytes], *, clients: int, headers: Callable[[], dict[str, str]],
+                      on_response: Callable[[int, httpx.Response], None], on_start: Callable[[], None] | None = None) -> float:
+    """POST each FHIR JSON body from `clients` keep-alive connections; `on_response(body index, response)` is called
+    under a lock; `on_start` a second after the start (to see how the connections spread). → seconds taken."""
+    queue = list(reversed(range(len(bodies))))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with httpx.Client(timeout=300) as http:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    index = queue.pop()
+                response = http.post(url, content=bodies[index], headers={"Content-Type": "application/fhir+json", **headers()})
+                with lock:
+                    on_response(index, response)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    if on_start is not None:
+        time.sleep(1)
+        on_start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start

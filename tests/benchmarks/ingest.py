@@ -9,17 +9,15 @@ Baselines measured in the same run, on the same resources:
 
 import argparse
 import random
-import threading
 import time
 import uuid
-from collections.abc import Callable
 
 import httpx
 import orjson
 import psycopg
 
 from app.fhir.resources import model_class
-from tests.benchmarks.common import blood_pressure, mib, operator_token, patient, qiao_server, scratch_database
+from tests.benchmarks.common import blood_pressure, mib, operator_token, patient, post_concurrently, qiao_server, scratch_database
 
 
 def bundles(total: int, size: int, seed: int = 7) -> list[list[dict]]:
@@ -35,36 +33,6 @@ def bundles(total: int, size: int, seed: int = 7) -> list[list[dict]]:
             n += 2
         out.append(entries)
     return out
-
-
-def post_all(url: str, bodies: list[bytes], clients: int, on_start: "Callable[[], None] | None" = None,
-             headers: dict[str, str] | None = None) -> tuple[float, int]:
-    queue = list(reversed(bodies))
-    lock = threading.Lock()
-    failures = [0]
-
-    def worker() -> None:
-        with httpx.Client(timeout=120) as http:
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    body = queue.pop()
-                response = http.post(url, content=body, headers={"Content-Type": "application/fhir+json", **(headers or {})})
-                if response.status_code != 200:
-                    with lock:
-                        failures[0] += 1
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    if on_start is not None:
-        time.sleep(1)
-        on_start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - start, failures[0]
 
 
 def raw_insert_rate(database_url: str, batches: list[list[dict]]) -> float:
@@ -109,7 +77,11 @@ def main() -> None:
         idle_rss = server.rss_bytes()
         server.sample_rss()
         split: list[int] = []
-        seconds, failures = post_all(server.url, bodies, args.clients, lambda: split.extend(server.connections_per_worker()), auth)
+        statuses: list[int] = []
+        seconds = post_concurrently(server.url, bodies, clients=args.clients, headers=lambda: auth,
+                                    on_response=lambda _, response: statuses.append(response.status_code),
+                                    on_start=lambda: split.extend(server.connections_per_worker()))
+        failures = sum(status != 200 for status in statuses)
         peak_rss = max(server.rss_samples or [idle_rss])
         end_rss = server.rss_bytes()
         stored = httpx.get(f"{server.url}/Observation?_summary=count", headers=auth).json()["total"] * 2

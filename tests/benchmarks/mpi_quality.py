@@ -18,7 +18,6 @@ pairs, and for Qiao the share of records waiting in review and how many of those
 
 import argparse
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -30,7 +29,7 @@ import orjson
 import psycopg
 
 from app.mpi import features
-from tests.benchmarks.common import migrated_database, operator_token, qiao_server
+from tests.benchmarks.common import migrated_database, post_concurrently, qiao_server, renewed_operator_token
 from tests.benchmarks.residents import generate
 
 Records = list[tuple[str, str, dict[str, Any]]]
@@ -76,46 +75,22 @@ def quality(person_of: dict[str, str], cluster_of: dict[str, str]) -> Quality:
 
 
 def post_records(url: str, records: Records, *, clients: int, bundle: int, database_url: str) -> tuple[dict[str, str], float, list[str]]:
-    """Post the records as transaction Bundles; → (record id → Patient id, seconds, why each failed bundle failed).
-    Tokens last 5 minutes, so a new one is minted every 4."""
+    """Post the records as transaction Bundles; → (record id → Patient id, seconds, why each failed bundle failed)."""
     batches = [records[i:i + bundle] for i in range(0, len(records), bundle)]
-    queue = list(reversed(batches))
-    lock = threading.Lock()
+    bodies = [orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient, "request": {"method": "POST", "url": "Patient"}} for _, _, patient in batch]}) for batch in batches]
     placed: dict[str, str] = {}
     failed: list[str] = []
-    token, minted_at = operator_token(database_url), time.monotonic()
 
-    def headers() -> dict[str, str]:
-        nonlocal token, minted_at
-        with lock:
-            if time.monotonic() - minted_at > 240:
-                token, minted_at = operator_token(database_url), time.monotonic()
-            return token
+    def placing(index: int, response: httpx.Response) -> None:
+        if response.status_code != 200:
+            failed.append(f"{response.status_code} {response.text[:300]}")
+            return
+        for (record_id, _, _), entry in zip(batches[index], response.json()["entry"], strict=True):
+            placed[record_id] = entry["response"]["location"].split("/")[1]
 
-    def worker() -> None:
-        with httpx.Client(timeout=300) as http:
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    batch = queue.pop()
-                body = {"resourceType": "Bundle", "type": "transaction",
-                        "entry": [{"resource": patient, "request": {"method": "POST", "url": "Patient"}} for _, _, patient in batch]}
-                response = http.post(url, content=orjson.dumps(body), headers={"Content-Type": "application/fhir+json", **headers()})
-                with lock:
-                    if response.status_code != 200:
-                        failed.append(f"{response.status_code} {response.text[:300]}")
-                        continue
-                    for (record_id, _, _), entry in zip(batch, response.json()["entry"], strict=True):
-                        placed[record_id] = entry["response"]["location"].split("/")[1]
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return placed, time.perf_counter() - started, failed
+    seconds = post_concurrently(url, bodies, clients=clients, headers=renewed_operator_token(database_url), on_response=placing)
+    return placed, seconds, failed
 
 
 def qiao_online(records: Records, options: argparse.Namespace) -> None:
