@@ -1,11 +1,14 @@
-"""The `qiao` command: serve, migrate, client add, token, audit verify."""
+"""The `qiao` command: serve, migrate, client add, token, audit verify, ingest, messages, subscriptions, registries,
+indicators, mpi, clock."""
 
 import argparse
 import logging
 import multiprocessing
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -80,6 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     registries_commands = registries_parser.add_subparsers(dest="registries_command", required=True)
     registries_commands.add_parser("rebuild", help="derive every resident's registry entries and the indicators' tables again from their records")
 
+    mpi_parser = commands.add_parser("mpi", help="the master patient index: what a data steward reviews, merges and unmerges")
+    mpi_commands = mpi_parser.add_subparsers(dest="mpi_command", required=True)
+    review_parser = mpi_commands.add_parser("review", help="the review queue: list it, or decide one")
+    review_parser.add_argument("review_id", nargs="?", type=int, help="decide this review (with --same or --different)")
+    verdict = review_parser.add_mutually_exclusive_group()
+    verdict.add_argument("--same", dest="decision", action="store_const", const="same", help="one resident: merge them")
+    verdict.add_argument("--different", dest="decision", action="store_const", const="different", help="two people: never match them")
+    review_parser.add_argument("--status", default="open", choices=["open", "same", "different", "obsolete"], help="the reviews listed")
+    review_parser.add_argument("--note")
+    merge_parser = mpi_commands.add_parser("merge", help="make two residents one: SOURCE's joins TARGET's (Patient ids)")
+    merge_parser.add_argument("source")
+    merge_parser.add_argument("target")
+    merge_parser.add_argument("--note")
+    unmerge_parser = mpi_commands.add_parser("unmerge", help="these source records (Patient ids) become a resident of their own")
+    unmerge_parser.add_argument("patients", nargs="+")
+    unmerge_parser.add_argument("--note")
+
     commands.add_parser("clock", help="run once the work that falls due with time (a running server does every clock_seconds)")
 
     indicators_parser = commands.add_parser("indicators", help="a year's quality indicators for a district, as a table")
@@ -126,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return indicator_table(args)
     if args.command == "clock":
         return run_clock()
+    if args.command == "mpi":
+        return steward(args)
     return 0
 
 
@@ -295,6 +317,41 @@ def rebuild_registries() -> int:
     counted = followups.rebuild()
     print(f"residents {seen} entries-written {written} followups {counted}")
     return 0
+
+
+def steward(args: argparse.Namespace) -> int:
+    """What a data steward does, as the local operator (audited under that name)."""
+    from app import db
+    from app.auth.principal import SYSTEM
+    from app.errors import QiaoError
+    from app.mpi import service
+
+    operator = replace(SYSTEM, client_id="operator")
+    try:
+        with db.transaction({"principal": operator}) as session:
+            if args.mpi_command == "merge":
+                print(_standing(service.merge(session, args.source, args.target, args.note)))
+            elif args.mpi_command == "unmerge":
+                print(_standing(service.unmerge(session, args.patients, args.note)))
+            elif args.review_id is not None:
+                if args.decision is None:
+                    raise ValueError("say --same or --different")
+                decided = service.decide(session, args.review_id, args.decision, args.note)
+                print(f"{decided['id']}\t{decided['status']}\t{decided['patient']}\t{decided['master']}")
+            else:
+                for review in service.reviews(session, args.status):
+                    comparisons = ", ".join(f"{name} {level}" for name, level in review["comparisons"].items())
+                    print(f"{review['id']}\t{review['patient']}\t{review['master']}\t{review['probability']}\t{comparisons}"
+                          + (f"\t{review['note']}" if review["note"] else ""))
+    except (QiaoError, ValueError) as error:
+        print(f"qiao mpi {args.mpi_command}: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _standing(result: dict[str, Any]) -> str:
+    """The two masters a merge or unmerge changed, each with its records."""
+    return f"{result['master']}\t{' '.join(result['records'])}\n{result['other']}\t{' '.join(result['otherRecords'])}"
 
 
 def run_clock() -> int:

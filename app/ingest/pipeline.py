@@ -112,10 +112,14 @@ def _plan(session: Any, produced: list[engine.Produced], source: Source) -> list
     writes = []
     for item in produced:
         current = store.current(session, item.resource_type, item.resource_id, lock=True)
-        if item.create_only and current is not None and not current.deleted:
+        exists = current is not None and not current.deleted
+        if (item.create_only and exists) or (item.amend and not exists):
             continue
-        store.prepare(item.resource_type, item.content, expected_id=item.resource_id)
-        writes.append(store.Write(item.resource_type, item.resource_id, "PUT", item.content, current, org=source.organization))
+        content = item.content
+        if item.amend:
+            content = {**(store.content(session, item.resource_type, item.resource_id) or {}), **item.content}
+        store.prepare(item.resource_type, content, expected_id=item.resource_id)
+        writes.append(store.Write(item.resource_type, item.resource_id, "PUT", content, current, org=source.organization))
     return writes
 
 

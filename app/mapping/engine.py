@@ -3,7 +3,8 @@
 A mapping lists resources; each has a `type`, an `id` (the source values that identify it: the resource id is a
 uuid5 of the source, the type and those values, so a resend or replay updates the same resource), optionally
 `when` (a path that must have a value) and `each` (one resource per segment or repetition), and `content`: the
-resource as a template; `create_only: true` makes it only if it does not exist yet. In a template:
+resource as a template; `create_only: true` makes it only if it does not exist yet, `amend: true` only changes it
+if it exists (the template's elements replace its own; the rest stays). In a template:
 
     "PID-5.1"                      a path: the value in the source record (adapters define the path syntax)
     {const: male}                  a constant
@@ -15,8 +16,9 @@ resource as a template; `create_only: true` makes it only if it does not exist y
     {each: PID-13, as: {...}}      one list item per repetition, paths inside relative to it (".1")
     merge: {fn: ...}               (a key) the function's object is merged into the enclosing object
 
-An object or list item that ends up with no value from the source (only constants and references) is dropped, so
-"identifier: [{system: {const: X}, value: PID-3.1}]" yields nothing when PID-3 is empty. Operator keys are not FHIR
+An object or list item that ends up with no value from the source (only constants and configured attributes) is
+dropped, so "identifier: [{system: {const: X}, value: PID-3.1}]" yields nothing when PID-3 is empty; a reference
+counts as a value, since the resource it names was identified by the source. Operator keys are not FHIR
 element names (`code` is an operator only with `from`), so a template object is never mistaken for one.
 """
 
@@ -56,6 +58,7 @@ class Produced:
     resource_id: str
     content: dict[str, Any]
     create_only: bool = False  # made only when it does not exist yet (a result message's Patient)
+    amend: bool = False  # only changes an existing resource, element by element (a merge message's merged Patient)
 
 
 @dataclass
@@ -105,7 +108,7 @@ def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> lis
     for spec, scope, resource_id in planned:
         content, _ = _evaluate(spec["content"], scope, run, spec["type"])
         resource = {"resourceType": spec["type"], "id": resource_id, **(content or {})}
-        produced.append(Produced(spec["key"], spec["type"], resource_id, resource, bool(spec.get("create_only"))))
+        produced.append(Produced(spec["key"], spec["type"], resource_id, resource, bool(spec.get("create_only")), bool(spec.get("amend"))))
     return produced
 
 
@@ -196,8 +199,8 @@ def _reference(template: dict[str, Any], scope: Scope, run: _Run, where: str) ->
         raise MessageError(f"mapping error at {where}: no resource with key {key!r}")
     references = [{"reference": f"{run.types[key]}/{i}"} for i in run.ids.get(key, [])]
     if "refs" in template:
-        return (references or None), False
-    return (references[0] if references else None), False
+        return (references or None), bool(references)
+    return (references[0] if references else None), bool(references)
 
 
 def _each(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:

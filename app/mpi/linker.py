@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.auth.principal import Principal
 from app.config import get_settings
 from app.db import bulk_insert, lock_keys
-from app.errors import Forbidden
+from app.errors import Conflict, Forbidden, NotFound
 from app.mpi import features as feature_reader
 from app.mpi import golden
 from app.mpi.features import Features
@@ -275,7 +275,71 @@ def place_written(session: Session, written: Sequence[Any], principal: Principal
         if content is None:
             touched |= withdraw(session, stored.resource_id)
     touched |= place(session, placing, principal.client_id)
-    golden.refresh(session, touched)
+    replacements = [(stored.resource_id, target) for stored, content in sources if content and (target := replaced_by(content))]
+    joined, retired = follow_replacements(session, replacements, principal.client_id)
+    golden.refresh(session, touched | joined, replaced_by=retired)
+
+
+def replaced_by(content: dict[str, Any]) -> str | None:
+    """The Patient a source record says it was merged into (`link` of type replaced-by: a HIS merge, ADT^A40)."""
+    for link in content.get("link") or []:
+        reference = str((link.get("other") or {}).get("reference") or "")
+        if link.get("type") == "replaced-by" and reference.startswith("Patient/"):
+            return reference.removeprefix("Patient/")
+    return None
+
+
+def follow_replacements(session: Session, replacements: Sequence[tuple[str, str]], actor: str) -> tuple[set[str], dict[str, str]]:
+    """An institution merged two of its records: their masters become one (basis merge-message), unless that would
+    join two people (different valid ID numbers, or a steward's "different"); then a steward reviews it instead.
+    Returns the masters changed and those retired into another."""
+    connection = session.connection()
+    touched: set[str] = set()
+    retired: dict[str, str] = {}
+    for old, new in replacements:
+        masters = {row.patient_id: row.master_id for row in connection.execute(
+            select(mpi_record.c.patient_id, mpi_record.c.master_id).where(mpi_record.c.patient_id.in_([old, new])))}
+        if old not in masters or new not in masters or masters[old] == masters[new]:
+            continue
+        note = f"Patient/{old} says it was replaced by Patient/{new}"
+        conflict = joining_conflict(connection, masters[old], masters[new], steward=False)
+        if conflict:
+            _queue_reviews(connection, dates.now(), {old: [_candidate(connection, old, new, masters[new])]}, note=f"{note}, but {conflict}")
+            continue
+        merge_masters(session, masters[old], masters[new], actor=actor, note=note, basis="merge-message")
+        touched |= {masters[old], masters[new]}
+        retired[masters[old]] = masters[new]
+    return touched, retired
+
+
+def joining_conflict(connection: Connection, master_a: str, master_b: str, *, steward: bool) -> str | None:
+    """Why two masters must not become one: two of their records carry different valid ID numbers (two people,
+    whatever else agrees), or, unless a steward decides it again, a steward declared two of them different."""
+    rows = connection.execute(select(mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.features)
+                              .where(mpi_record.c.master_id.in_([master_a, master_b]))).all()
+    parsed = [(row.patient_id, row.master_id, Features.from_json(orjson.loads(row.features))) for row in rows]
+    side_a = [(pid, f) for pid, master, f in parsed if master == master_a]
+    side_b = [(pid, f) for pid, master, f in parsed if master == master_b]
+    for a, fa in side_a:
+        for b, fb in side_b:
+            if compare(fa, fb).get("id_number") == ID_DIFFERENT:
+                return f"Patient/{a} and Patient/{b} carry different valid ID numbers"
+    if not steward:
+        declared = _distinct(connection, [pid for pid, _ in side_a], [pid for pid, _ in side_b])
+        if declared:
+            a, b = sorted(declared)[0]
+            return f"a data steward declared Patient/{a} and Patient/{b} different"
+    return None
+
+
+def _candidate(connection: Connection, patient_id: str, other_id: str, master_id: str) -> Candidate:
+    """The pair as the model sees it (without term frequencies), for a review queued by something else than a match."""
+    found = {row.patient_id: Features.from_json(orjson.loads(row.features)) for row in connection.execute(
+        select(mpi_record.c.patient_id, mpi_record.c.features).where(mpi_record.c.patient_id.in_([patient_id, other_id])))}
+    levels = compare(found[patient_id], found[other_id])
+    current = model()
+    probability = current.probability(current.weight(levels, lambda _comparison, _level: None))
+    return Candidate(other_id, master_id, probability, levels, grade(current, levels, probability, probability))
 
 
 @dataclass
@@ -351,10 +415,10 @@ def _write(session: Session, out: _Placement, now: datetime) -> None:
 
 
 def _master_after_update(connection: Connection, existing: Any, decision: Decision, joined: Counter[str]) -> str:
-    """A steward's placement stands; otherwise a record keeps its master while it still matches it (or is alone in
-    it), and moves when it now certainly matches another or no longer matches its own."""
+    """A steward's placement, or an institution's merge, stands; otherwise a record keeps its master while it
+    still matches it (or is alone in it), and moves when it now certainly matches another or no longer matches its own."""
     current: str = existing.master_id
-    if existing.basis == "steward" or decision.master_id == current:
+    if existing.basis in ("steward", "merge-message") or decision.master_id == current:
         return current
     if decision.master_id is not None:
         return decision.master_id
@@ -362,15 +426,57 @@ def _master_after_update(connection: Connection, existing: Any, decision: Decisi
     return current if members + joined[current] == 1 else golden.new_master_id()
 
 
-def merge_masters(session: Session, source: str, target: str, *, actor: str, note: str | None = None) -> None:
+def merge_masters(session: Session, source: str, target: str, *, actor: str, note: str | None = None, basis: str = "steward") -> None:
     """Move every record of master `source` into master `target` (a steward's decision, or a HIS merge message).
-    Each move is a link event, so an unmerge can put them back."""
+    Each move is a link event, so an unmerge can put them back; a steward's merge lifts the "different" pairs the
+    two masters had."""
     connection = session.connection()
     now = dates.now()
     moved = connection.scalars(select(mpi_record.c.patient_id).where(mpi_record.c.master_id == source)).all()
-    connection.execute(update(mpi_record).where(mpi_record.c.master_id == source).values(master_id=target, basis="steward", updated_at=now))
+    staying = connection.scalars(select(mpi_record.c.patient_id).where(mpi_record.c.master_id == target)).all()
+    connection.execute(update(mpi_record).where(mpi_record.c.master_id == source).values(master_id=target, basis=basis, updated_at=now))
     if moved:
-        connection.execute(insert(mpi_link_event), [_event_row(now, pid, target, source, "steward", None, actor, note) for pid in moved])
+        connection.execute(insert(mpi_link_event), [_event_row(now, pid, target, source, basis, None, actor, note) for pid in moved])
+    # the reviews waiting on the retired master wait on the survivor; those it now settles are obsolete
+    connection.execute(update(mpi_review).where(mpi_review.c.master_id == source, mpi_review.c.status == "open").values(master_id=target))
+    connection.execute(update(mpi_review).where(mpi_review.c.master_id == target, mpi_review.c.status == "open",
+                                                mpi_review.c.patient_id.in_([*moved, *staying])).values(status="obsolete"))
+    if basis == "steward" and moved and staying:
+        everyone = [*moved, *staying]
+        connection.execute(delete(mpi_distinct).where(mpi_distinct.c.patient_a.in_(everyone), mpi_distinct.c.patient_b.in_(everyone)))
+
+
+def split(session: Session, patient_ids: Sequence[str], *, actor: str, note: str | None = None) -> tuple[str, str]:
+    """Unmerge: these records (of one master) leave it for a master of their own, the one they were merged from
+    when it is still retired, else a new one. A steward's placement: every pair across the two is declared different
+    so that matching never joins them again. Returns (the master left, the master they now form)."""
+    connection = session.connection()
+    rows = connection.execute(select(mpi_record.c.patient_id, mpi_record.c.master_id).where(mpi_record.c.patient_id.in_(patient_ids))).all()
+    unknown = sorted(set(patient_ids) - {row.patient_id for row in rows})
+    if unknown:
+        raise NotFound(f"Patient/{unknown[0]} is not a source record in the index", expression=["patient"])
+    masters = {row.master_id for row in rows}
+    if len(masters) != 1:
+        raise Conflict("the records to unmerge belong to different masters; unmerge them one master at a time", expression=["patient"])
+    left = masters.pop()
+    staying = [pid for pid in connection.scalars(select(mpi_record.c.patient_id).where(mpi_record.c.master_id == left)) if pid not in patient_ids]
+    if not staying:
+        raise Conflict(f"these are all the records of master Patient/{left}: there is nothing to unmerge them from", expression=["patient"])
+    earlier = connection.scalars(
+        select(mpi_link_event.c.previous_master_id).where(mpi_link_event.c.patient_id.in_(patient_ids), mpi_link_event.c.master_id == left,
+                                                           mpi_link_event.c.previous_master_id.is_not(None))
+        .order_by(mpi_link_event.c.id.desc())).first()
+    formed = earlier if earlier and not is_master(connection, earlier) else golden.new_master_id()
+    now = dates.now()
+    connection.execute(update(mpi_record).where(mpi_record.c.patient_id.in_(patient_ids))
+                       .values(master_id=formed, basis="steward", updated_at=now))
+    connection.execute(insert(mpi_link_event), [_event_row(now, pid, formed, left, "steward", None, actor, note) for pid in patient_ids])
+    declared = _distinct(connection, list(patient_ids), staying)
+    different = [{"patient_a": a, "patient_b": b, "decided_by": actor, "decided_at": now}
+                 for a, b in sorted({_pair(p, s) for p in patient_ids for s in staying}) if (a, b) not in declared]
+    if different:
+        connection.execute(insert(mpi_distinct), different)
+    return left, formed
 
 
 def withdraw(session: Session, patient_id: str) -> set[str]:
@@ -386,7 +492,7 @@ def withdraw(session: Session, patient_id: str) -> set[str]:
     return {row.master_id}
 
 
-def _queue_reviews(connection: Connection, now: datetime, reviews: dict[str, list[Candidate]]) -> None:
+def _queue_reviews(connection: Connection, now: datetime, reviews: dict[str, list[Candidate]], note: str | None = None) -> None:
     """Each record's doubtful masters, unless the pair is already waiting for a steward."""
     doubtful = {pid: candidates for pid, candidates in reviews.items() if candidates}
     if not doubtful:
@@ -396,7 +502,7 @@ def _queue_reviews(connection: Connection, now: datetime, reviews: dict[str, lis
     ).tuples())
     rows = [
         {"patient_id": pid, "master_id": c.master_id, "probability": c.probability,
-         "levels": orjson.dumps(model().explain(c.levels)).decode(), "status": "open", "created_at": now}
+         "levels": orjson.dumps(model().explain(c.levels)).decode(), "status": "open", "created_at": now, "note": note}
         for pid, candidates in doubtful.items() for c in candidates if (pid, c.master_id) not in waiting
     ]
     if rows:

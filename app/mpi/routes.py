@@ -1,5 +1,5 @@
-"""HTTP for resident matching: IHE PIXm and FHIR $match under /fhir, and the review queue a data steward works
-through (/mpi/reviews). Registered before the FHIR routes, whose /fhir/{type}/{id} would take these paths."""
+"""HTTP for resident matching: IHE PIXm and FHIR $match under /fhir, and what a data steward does under /mpi:
+the review queue, merges and unmerges. Registered before the FHIR routes, whose /fhir/{type}/{id} would take these paths."""
 
 from typing import Annotated, Any
 
@@ -37,3 +37,18 @@ def decide(review_id: int, session: SessionDep, body: JsonBody) -> Response:
     decision: Any = body.get("decision") if isinstance(body, dict) else None
     note = body.get("note") if isinstance(body, dict) else None
     return FhirResponse(service.decide(session, review_id, str(decision), note))
+
+
+@router.post("/mpi/merge")
+def merge(session: SessionDep, body: JsonBody) -> Response:
+    """Body: {"source": "Patient/…", "target": "Patient/…", "note": "…"}: the source's resident joins the target's."""
+    fields = body if isinstance(body, dict) else {}
+    return FhirResponse(service.merge(session, str(fields.get("source") or ""), str(fields.get("target") or ""), fields.get("note")))
+
+
+@router.post("/mpi/unmerge")
+def unmerge(session: SessionDep, body: JsonBody) -> Response:
+    """Body: {"patient": ["Patient/…", …], "note": "…"}: these source records become a resident of their own."""
+    fields = body if isinstance(body, dict) else {}
+    patients = fields.get("patient") or []
+    return FhirResponse(service.unmerge(session, [patients] if isinstance(patients, str) else [str(p) for p in patients], fields.get("note")))

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import audit_trail, policy
 from app.errors import Conflict, InvalidRequest, NotFound
-from app.mpi import features, golden, linker
+from app.mpi import features, golden, index, linker
 from app.mpi.golden import MPI_SYSTEM
 from app.mpi.tables import mpi_distinct, mpi_record, mpi_review
 from app.store import dates
@@ -127,10 +127,14 @@ def decide(session: Session, review_id: int, decision: str, note: str | None = N
     current = connection.scalar(select(mpi_record.c.master_id).where(mpi_record.c.patient_id == row.patient_id))
     if current is None:
         raise Conflict(f"Patient/{row.patient_id} has left the index", expression=["review"])
+    note = " / ".join(n for n in (row.note, note) if n) or None  # what queued it (a HIS merge in conflict) stays said
     replaced_by: dict[str, str] = {}
     if decision == "same" and current != row.master_id:
+        _refuse_two_people(connection, current, row.master_id)
         linker.merge_masters(session, current, row.master_id, actor=principal.client_id, note=note)
         replaced_by = {current: row.master_id}
+    if decision == "different" and current == row.master_id:
+        raise Conflict(f"Patient/{row.patient_id} already belongs to Patient/{row.master_id}: unmerge it instead", expression=["decision"])
     if decision == "different":
         others = connection.scalars(select(mpi_record.c.patient_id).where(mpi_record.c.master_id == row.master_id)).all()
         for other in others:
@@ -145,3 +149,65 @@ def decide(session: Session, review_id: int, decision: str, note: str | None = N
         patients=[row.patient_id, row.master_id], description=f"resident match review: {decision}")])
     decided = connection.execute(select(mpi_review).where(mpi_review.c.id == review_id)).one()
     return _review(decided)
+
+
+# --- merge and unmerge -----------------------------------------------------------------------------------------
+
+
+def merge(session: Session, source: str, target: str, note: str | None = None) -> dict[str, Any]:
+    """A steward's merge: the resident `source` (a master, or any of its source records) joins the resident
+    `target`; the source's master is retired with a replaced-by link. Refused when two of their records carry
+    different valid ID numbers. Audited, and undone by `unmerge`."""
+    principal = policy.principal_of(session)
+    policy.require(principal, "Patient", "u")
+    connection = session.connection()
+    retiring, surviving = _master(connection, source, "source"), _master(connection, target, "target")
+    if retiring == surviving:
+        raise Conflict(f"{source} and {target} are already one resident, Patient/{surviving}", expression=["target"])
+    _refuse_two_people(connection, retiring, surviving)
+    linker.merge_masters(session, retiring, surviving, actor=principal.client_id, note=note)
+    golden.refresh(session, {retiring, surviving}, replaced_by={retiring: surviving})
+    return _changed(session, principal, "resident merge", surviving, retiring)
+
+
+def unmerge(session: Session, patients: list[str], note: str | None = None) -> dict[str, Any]:
+    """A steward's unmerge: these source records (of one master) become a resident of their own, and matching
+    never joins them to the records they leave again. Audited."""
+    principal = policy.principal_of(session)
+    policy.require(principal, "Patient", "u")
+    if not patients:
+        raise InvalidRequest("name the source records to unmerge: {\"patient\": [\"Patient/…\"]}", expression=["patient"])
+    left, formed = linker.split(session, [_id(p) for p in patients], actor=principal.client_id, note=note)
+    golden.refresh(session, {left, formed})
+    return _changed(session, principal, "resident unmerge", formed, left)
+
+
+def _refuse_two_people(connection: Any, master_a: str, master_b: str) -> None:
+    conflict = linker.joining_conflict(connection, master_a, master_b, steward=True)
+    if conflict:
+        raise Conflict(f"{conflict}: two people, whatever else agrees; correct the wrong number at its source first",
+                       expression=["target"])
+
+
+def _id(reference: str) -> str:
+    return reference.removeprefix("Patient/")
+
+
+def _master(connection: Any, reference: str, name: str) -> str:
+    patient_id = _id(reference or "")
+    if linker.is_master(connection, patient_id):
+        return patient_id
+    master_id = connection.scalar(select(mpi_record.c.master_id).where(mpi_record.c.patient_id == patient_id))
+    if master_id is None:
+        raise NotFound(f"{name} Patient/{patient_id} is neither a master nor a source record in the index", expression=[name])
+    return str(master_id)
+
+
+def _changed(session: Session, principal: Any, description: str, master: str, other: str) -> dict[str, Any]:
+    """The two masters as they now stand, after auditing the change."""
+    members = index.sources(session, [master, other])
+    store.append_audit(session, [audit_trail.event(
+        principal, "update", resources=[f"Patient/{p}" for p in sorted(members)] + [f"Patient/{master}", f"Patient/{other}"],
+        patients=[master, other], description=description)])
+    return {"master": f"Patient/{master}", "records": sorted(f"Patient/{p}" for p, m in members.items() if m == master),
+            "other": f"Patient/{other}", "otherRecords": sorted(f"Patient/{p}" for p, m in members.items() if m == other)}

@@ -54,7 +54,7 @@ def test_an_admission_in_gb18030_becomes_a_patient_and_an_encounter(client: Test
     assert encounter["class"]["code"] == "AMB" and encounter["status"] == "in-progress"
     assert encounter["period"]["start"] == "2026-11-20T09:00:00+08:00"  # no offset sent: Asia/Shanghai
     provenance = fhir(client, "Provenance", target=f"Patient/{patient['id']}")["entry"][0]["resource"]
-    assert provenance["policy"] == ["urn:qiao:mapping:hl7v2/ADT_A01|1"]
+    assert provenance["policy"] == ["urn:qiao:mapping:hl7v2/ADT_A01|2"]
     message_id = provenance["entity"][0]["what"]["identifier"]["value"]
     message = client.get(f"/ingest/messages/{message_id}").json()
     assert message["state"] == "processed" and message["charset"] == "gb18030" and message["kind"] == "ADT^A04"
