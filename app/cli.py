@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     merge_parser.add_argument("source")
     merge_parser.add_argument("target")
     merge_parser.add_argument("--note")
+    mpi_commands.add_parser("rebuild", help="place every source Patient again with the current model (initial load, model change)")
     unmerge_parser = mpi_commands.add_parser("unmerge", help="these source records (Patient ids) become a resident of their own")
     unmerge_parser.add_argument("patients", nargs="+")
     unmerge_parser.add_argument("--note")
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "clock":
         return run_clock()
     if args.command == "mpi":
-        return steward(args)
+        return rebuild_index() if args.mpi_command == "rebuild" else steward(args)
     return 0
 
 
@@ -346,6 +347,15 @@ def steward(args: argparse.Namespace) -> int:
     except (QiaoError, ValueError) as error:
         print(f"qiao mpi {args.mpi_command}: {getattr(error, 'message', error)}", file=sys.stderr)
         return 2
+    return 0
+
+
+def rebuild_index() -> int:
+    from app.mpi import rebuild
+
+    done = rebuild.rebuild()
+    timing = " ".join(f"{phase} {seconds:.1f}s" for phase, seconds in done.seconds.items())
+    print(f"records {done.records} new {done.new_records} moved {done.moved} masters {done.masters} reviews {done.reviews} ({timing})")
     return 0
 
 

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     mllp_port: int = 2575
     #: Resident matching: the trained model (m/u per comparison level; `qiao mpi train` writes one).
     mpi_model: Path = Path(__file__).resolve().parent / "mpi" / "model.yaml"
+    #: Match every source Patient as it is written. Off for a district's initial load: the Patients wait, unindexed,
+    #: until `qiao mpi rebuild` places them all at batch speed.
+    mpi_online: bool = True
     #: Match probability from which a new record joins a master without review (overrides the model's).
     mpi_link_threshold: float | None = None
     #: Match probability from which a pair goes to the review queue (overrides the model's).

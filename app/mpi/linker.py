@@ -117,6 +117,7 @@ class Pool:
     shares: dict[str, float]
     distinct: set[tuple[str, str]]  # pairs a steward declared different, smaller id first
     population: int  # residents (masters) in the index, at least QIAO_MPI_MIN_POPULATION
+    closed: frozenset[str] = frozenset()  # keys too common to search (a batch rebuild knows them in advance)
 
     @classmethod
     def read(cls, connection: Connection, batch: Sequence[Features], ids: Sequence[str]) -> "Pool":
@@ -157,6 +158,8 @@ class Pool:
         """A record placed in this batch: the next ones are matched against it too."""
         self.records[patient_id] = (master_id, f)
         for key in blocking_keys(f):
+            if key in self.closed:
+                continue
             found = self.blocks.setdefault(key, [])
             if patient_id not in found:
                 found.append(patient_id)
@@ -266,6 +269,9 @@ def place_written(session: Session, written: Sequence[Any], principal: Principal
     """Place every source Patient among `written` (repository.Stored), and refresh the masters that changed."""
     contents = [(stored, orjson.loads(stored.content) if stored.content else None) for stored in written]
     sources = [(stored, content) for stored, content in contents if content is None or not golden.is_master(content)]
+    if not get_settings().mpi_online:  # an initial load: `qiao mpi rebuild` places them; a deleted one still leaves
+        golden.refresh(session, set().union(*(withdraw(session, stored.resource_id) for stored, content in sources if content is None)))
+        return
     placing = [(stored.resource_id, stored.org, feature_reader.of_patient(content)) for stored, content in sources if content is not None]
     # every blocking key of the whole write, locked at once in one order: two batches of overlapping residents
     # wait for each other instead of deadlocking
@@ -304,7 +310,7 @@ def follow_replacements(session: Session, replacements: Sequence[tuple[str, str]
         note = f"Patient/{old} says it was replaced by Patient/{new}"
         conflict = joining_conflict(connection, masters[old], masters[new], steward=False)
         if conflict:
-            _queue_reviews(connection, dates.now(), {old: [_candidate(connection, old, new, masters[new])]}, note=f"{note}, but {conflict}")
+            queue_reviews(connection, dates.now(), {old: [_candidate(connection, old, new, masters[new])]}, note=f"{note}, but {conflict}")
             continue
         merge_masters(session, masters[old], masters[new], actor=actor, note=note, basis="merge-message")
         touched |= {masters[old], masters[new]}
@@ -375,14 +381,14 @@ def place(session: Session, placing: Sequence[tuple[str, str | None, Features]],
         if before is None:
             master_id = decision.master_id or golden.new_master_id()
             out.new.append({**row, "patient_id": patient_id, "master_id": master_id, "org": org})
-            out.events.append(_event_row(now, patient_id, master_id, None, basis, decision.probability, actor))
+            out.events.append(event_row(now, patient_id, master_id, None, basis, decision.probability, actor))
         else:
             master_id = _master_after_update(connection, before, decision, out.joined)
             if master_id == before.master_id:
                 row.update(basis=before.basis, probability=before.probability)
             else:
                 out.joined[before.master_id] -= 1
-                out.events.append(_event_row(now, patient_id, master_id, before.master_id, basis, decision.probability,
+                out.events.append(event_row(now, patient_id, master_id, before.master_id, basis, decision.probability,
                                              actor, "the record changed"))
             out.changed.append({**row, "pk": before.pk, "patient_id": patient_id, "master_id": master_id})
             touched.add(before.master_id)
@@ -411,7 +417,7 @@ def _write(session: Session, out: _Placement, now: datetime) -> None:
     bulk_insert(session, mpi_block, [{"key": key, "record_pk": pks[pid]} for pid, keys in out.keys.items() for key in keys])
     if out.events:
         connection.execute(insert(mpi_link_event), out.events)
-    _queue_reviews(connection, now, out.reviews)
+    queue_reviews(connection, now, out.reviews)
 
 
 def _master_after_update(connection: Connection, existing: Any, decision: Decision, joined: Counter[str]) -> str:
@@ -436,7 +442,7 @@ def merge_masters(session: Session, source: str, target: str, *, actor: str, not
     staying = connection.scalars(select(mpi_record.c.patient_id).where(mpi_record.c.master_id == target)).all()
     connection.execute(update(mpi_record).where(mpi_record.c.master_id == source).values(master_id=target, basis=basis, updated_at=now))
     if moved:
-        connection.execute(insert(mpi_link_event), [_event_row(now, pid, target, source, basis, None, actor, note) for pid in moved])
+        connection.execute(insert(mpi_link_event), [event_row(now, pid, target, source, basis, None, actor, note) for pid in moved])
     # the reviews waiting on the retired master wait on the survivor; those it now settles are obsolete
     connection.execute(update(mpi_review).where(mpi_review.c.master_id == source, mpi_review.c.status == "open").values(master_id=target))
     connection.execute(update(mpi_review).where(mpi_review.c.master_id == target, mpi_review.c.status == "open",
@@ -470,7 +476,7 @@ def split(session: Session, patient_ids: Sequence[str], *, actor: str, note: str
     now = dates.now()
     connection.execute(update(mpi_record).where(mpi_record.c.patient_id.in_(patient_ids))
                        .values(master_id=formed, basis="steward", updated_at=now))
-    connection.execute(insert(mpi_link_event), [_event_row(now, pid, formed, left, "steward", None, actor, note) for pid in patient_ids])
+    connection.execute(insert(mpi_link_event), [event_row(now, pid, formed, left, "steward", None, actor, note) for pid in patient_ids])
     declared = _distinct(connection, list(patient_ids), staying)
     different = [{"patient_a": a, "patient_b": b, "decided_by": actor, "decided_at": now}
                  for a, b in sorted({_pair(p, s) for p in patient_ids for s in staying}) if (a, b) not in declared]
@@ -492,7 +498,7 @@ def withdraw(session: Session, patient_id: str) -> set[str]:
     return {row.master_id}
 
 
-def _queue_reviews(connection: Connection, now: datetime, reviews: dict[str, list[Candidate]], note: str | None = None) -> None:
+def queue_reviews(connection: Connection, now: datetime, reviews: dict[str, list[Candidate]], note: str | None = None) -> None:
     """Each record's doubtful masters, unless the pair is already waiting for a steward."""
     doubtful = {pid: candidates for pid, candidates in reviews.items() if candidates}
     if not doubtful:
@@ -509,7 +515,7 @@ def _queue_reviews(connection: Connection, now: datetime, reviews: dict[str, lis
         connection.execute(insert(mpi_review), rows)
 
 
-def _event_row(now: datetime, patient_id: str, master_id: str, previous: str | None, basis: str, probability: float | None,
+def event_row(now: datetime, patient_id: str, master_id: str, previous: str | None, basis: str, probability: float | None,
                actor: str, note: str | None = None) -> dict[str, Any]:
     return {"at": now, "patient_id": patient_id, "master_id": master_id, "previous_master_id": previous, "basis": basis,
             "probability": probability, "actor": actor, "note": note}

@@ -1,0 +1,240 @@
+"""`qiao mpi rebuild`: every source Patient placed again, in memory, with the current model: a district's initial
+load (Patients written while online matching was deferred, QIAO_MPI_ONLINE=false) and re-linking after a model
+change.
+
+The records are replayed in arrival order through the online path's own decision (blocking keys, score, decide)
+against the records placed before them, so a rebuild places records as a day of online writes would, at batch
+speed. What a steward decided stands: steward placements and institutions' merges keep their masters, and pairs
+declared different still rule each other out. Masters keep their ids where their records stay together (a new
+cluster takes the id most of its records had), so references to residents stay right; a master left empty is
+retired `replaced-by` the one most of its records went to.
+
+Run it while no Patients are being written (an initial load, or a maintenance window): online writes lock by
+blocking key, the rebuild does not.
+"""
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import bindparam, delete, func, insert, select, update
+
+from app import db
+from app.config import get_settings
+from app.logging import fields
+from app.mpi import features as feature_reader
+from app.mpi import golden, linker
+from app.mpi.features import Features
+from app.mpi.tables import mpi_block, mpi_distinct, mpi_link_event, mpi_record, mpi_review
+from app.store import dates
+from app.store import repository as store
+from app.store.tables import resource, resource_version
+
+log = logging.getLogger("qiao.mpi")
+FIXED = ("steward", "merge-message")  # placements a rebuild keeps
+BATCH = 2000  # records written per transaction (a quarter as many masters)
+NOTE = "qiao mpi rebuild"
+
+
+@dataclass
+class Record:
+    patient_id: str
+    org: str | None
+    features: Features
+    pk: int | None = None  # its mpi_record row, when already indexed
+    master_id: str | None = None  # as indexed
+    basis: str | None = None
+    indexed_features: str | None = None  # as indexed (JSON)
+
+    def features_json(self) -> str:
+        return orjson.dumps(self.features.to_json()).decode()
+
+
+@dataclass
+class Summary:
+    records: int = 0
+    new_records: int = 0
+    moved: int = 0
+    masters: int = 0
+    reviews: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def rebuild(actor: str = "operator") -> Summary:
+    summary = Summary()
+    started = time.monotonic()
+    records, distinct, masters_before = _load()
+    summary.records = len(records)
+    summary.seconds["read"] = time.monotonic() - started
+    clock = time.monotonic()
+    population = masters_before
+    if not population:  # an initial load: as many residents as a first pass finds
+        population = len(set(_replay(records, distinct, len(records))[0].values()))
+    placement, probability, reviews = _replay(records, distinct, population)
+    summary.seconds["match"] = time.monotonic() - clock
+    clock = time.monotonic()
+    final = _master_ids(records, placement)
+    retired = _retired(records, placement, final)
+    touched = _write(records, placement, probability, reviews, final, actor, summary)
+    summary.seconds["write"] = time.monotonic() - clock
+    clock = time.monotonic()
+    for chunk in _chunks(sorted(touched | set(retired)), BATCH // 4):
+        with db.transaction() as session:
+            golden.refresh(session, chunk, replaced_by=retired)
+    summary.masters = len(set(final.values()))
+    summary.seconds["masters"] = time.monotonic() - clock
+    log.info("mpi.rebuilt", extra=fields(records=summary.records, moved=summary.moved, masters=summary.masters))
+    return summary
+
+
+def _load() -> tuple[list[Record], set[tuple[str, str]], int]:
+    """Every source Patient in arrival order, its features read from it now (the feature code may have changed, or
+    it was written while matching was deferred) and its index entry if it has one; the steward's "different" pairs;
+    the number of masters."""
+    records: list[Record] = []
+    with db.transaction() as session:  # a transaction: PostgreSQL streams rows through a cursor only inside one
+        connection = session.connection()
+        rows = connection.execution_options(yield_per=2_000).execute(
+            select(resource.c.res_id, resource.c.org, resource_version.c.content, mpi_record.c.pk, mpi_record.c.master_id,
+                   mpi_record.c.basis, mpi_record.c.features)
+            .join(resource_version, store.CURRENT_VERSION)
+            .outerjoin(mpi_record, mpi_record.c.patient_id == resource.c.res_id)
+            .where(resource.c.res_type == "Patient", resource.c.deleted.is_(False))
+            .order_by(resource.c.pk))
+        for row in rows:
+            content = orjson.loads(row.content)
+            if not golden.is_master(content):
+                records.append(Record(row.res_id, row.org, feature_reader.of_patient(content), row.pk, row.master_id, row.basis, row.features))
+        distinct = {(a, b) for a, b in connection.execute(select(mpi_distinct.c.patient_a, mpi_distinct.c.patient_b))}
+        masters = int(connection.scalar(select(func.count(func.distinct(mpi_record.c.master_id)))) or 0)
+    return records, distinct, masters
+
+
+def _replay(records: list[Record], distinct: set[tuple[str, str]], residents: int) -> tuple[dict[str, str], dict[str, float | None],
+                                                                                           dict[str, list[linker.Candidate]]]:
+    """Each record's cluster (a fixed master id, or "new:N"), its probability and its doubtful candidates. Term
+    frequencies are shares of the records; `residents` is the population a name's rarity is judged against."""
+    keys = Counter(key for r in records for key in set(linker.blocking_keys(r.features)))
+    shares = Counter(key for r in records for key in set(linker.frequency_keys(r.features) + [f"ph:{p}" for p in r.features.phones]))
+    population = max(residents, get_settings().mpi_min_population)
+    pool = linker.Pool({}, {}, {key: count / len(records) for key, count in shares.items()}, distinct, population,
+                       closed=frozenset(key for key, count in keys.items() if count > linker.BLOCK_LIMIT))
+    placement: dict[str, str] = {}
+    probability: dict[str, float | None] = {}
+    reviews: dict[str, list[linker.Candidate]] = {}
+    for record in records:
+        if record.basis in FIXED and record.master_id:
+            placement[record.patient_id] = record.master_id
+            pool.add(record.patient_id, record.master_id, record.features)
+    for number, record in enumerate(records):
+        if record.patient_id in placement:
+            continue
+        decision = linker.decide(pool.score(record.features, exclude=record.patient_id))
+        cluster = decision.master_id or f"new:{number}"
+        placement[record.patient_id] = cluster
+        probability[record.patient_id] = decision.probability
+        reviews[record.patient_id] = [c for c in decision.reviews if c.master_id != cluster]
+        pool.add(record.patient_id, cluster, record.features)
+    return placement, probability, reviews
+
+
+def _master_ids(records: list[Record], placement: dict[str, str]) -> dict[str, str]:
+    """Cluster → master id: a fixed master keeps its own; the others, largest first, take the master id most of
+    their records had, unless another cluster took it; else a new one."""
+    had: dict[str, Counter[str]] = {}
+    for record in records:
+        had.setdefault(placement[record.patient_id], Counter())
+        if record.master_id:
+            had[placement[record.patient_id]][record.master_id] += 1
+    final = {cluster: cluster for cluster in had if not cluster.startswith("new:")}
+    taken = set(final.values())
+    for cluster in sorted((c for c in had if c.startswith("new:")), key=lambda c: -sum(had[c].values())):
+        best = next((master for master, _ in had[cluster].most_common() if master not in taken), None)
+        final[cluster] = best or golden.new_master_id()
+        taken.add(final[cluster])
+    return final
+
+
+def _retired(records: list[Record], placement: dict[str, str], final: dict[str, str]) -> dict[str, str]:
+    """Masters no record keeps → the master most of their records went to."""
+    went: dict[str, Counter[str]] = {}
+    for record in records:
+        if record.master_id:
+            went.setdefault(record.master_id, Counter())[final[placement[record.patient_id]]] += 1
+    alive = set(final.values())
+    return {master: destinations.most_common(1)[0][0] for master, destinations in went.items() if master not in alive}
+
+
+def _write(records: list[Record], placement: dict[str, str], probability: dict[str, float | None],
+           reviews: dict[str, list[linker.Candidate]], final: dict[str, str], actor: str, summary: Summary) -> set[str]:
+    """The new placements, in batches of records, each its own transaction; the masters whose records changed."""
+    touched: set[str] = set()
+    for chunk in _chunks(records, BATCH):
+        now = dates.now()
+        by_pk = {r.pk: r for r in chunk if r.pk is not None}
+        new_rows, moves, refeatured, events = [], [], [], []
+        for record in chunk:
+            master_id = final[placement[record.patient_id]]
+            basis = "match" if probability.get(record.patient_id) is not None else "new"
+            if record.pk is None:
+                new_rows.append({"patient_id": record.patient_id, "master_id": master_id, "org": record.org, "basis": basis,
+                                 "features": record.features_json(), "updated_at": now,
+                                 "probability": probability.get(record.patient_id)})
+                events.append(linker.event_row(now, record.patient_id, master_id, None, basis, probability.get(record.patient_id), actor, NOTE))
+                touched.add(master_id)
+                continue
+            if record.features_json() != record.indexed_features:
+                refeatured.append({"record_pk": record.pk, "features": record.features_json()})
+            if master_id != record.master_id:
+                moves.append({"record_pk": record.pk, "master_id": master_id, "basis": basis, "updated_at": now,
+                              "probability": probability.get(record.patient_id)})
+                events.append(linker.event_row(now, record.patient_id, master_id, record.master_id, basis, probability.get(record.patient_id), actor,
+                                              NOTE))
+                touched |= {master_id, record.master_id}
+        with db.transaction() as session:
+            connection = session.connection()
+            pks = {row.patient_id: row.pk for row in connection.execute(
+                insert(mpi_record).returning(mpi_record.c.patient_id, mpi_record.c.pk), new_rows)} if new_rows else {}
+            if refeatured:
+                connection.execute(update(mpi_record).where(mpi_record.c.pk == bindparam("record_pk")).values(features=bindparam("features")),
+                                   refeatured)
+                connection.execute(delete(mpi_block).where(mpi_block.c.record_pk.in_([row["record_pk"] for row in refeatured])))
+            keyed = [(pks[r.patient_id], r.features) for r in chunk if r.patient_id in pks]
+            keyed += [(row["record_pk"], by_pk[row["record_pk"]].features) for row in refeatured]
+            db.bulk_insert(session, mpi_block, [{"key": key, "record_pk": pk} for pk, f in keyed
+                                                for key in sorted(set(linker.blocking_keys(f) + linker.frequency_keys(f)))])
+            if moves:
+                connection.execute(update(mpi_record).where(mpi_record.c.pk == bindparam("record_pk")).values(
+                    master_id=bindparam("master_id"), basis=bindparam("basis"), updated_at=bindparam("updated_at"), probability=bindparam("probability")), moves)
+            if events:
+                connection.execute(insert(mpi_link_event), events)
+            _reviews(connection, now, chunk, reviews, placement, final)
+        summary.new_records += len(new_rows)
+        summary.moved += len(moves)
+        summary.reviews += sum(len(reviews.get(r.patient_id, [])) for r in chunk)
+    return touched
+
+
+def _reviews(connection: Any, now: Any, chunk: list[Record], reviews: dict[str, list[linker.Candidate]], placement: dict[str, str],
+             final: dict[str, str]) -> None:
+    """The batch's open reviews become those the replay found: the rest are obsolete, the new ones queued."""
+    wanted = {record.patient_id: [linker.Candidate(c.patient_id, final[placement[c.patient_id]], c.probability, c.levels, c.grade)
+                                  for c in reviews.get(record.patient_id, [])] for record in chunk if record.basis not in FIXED}
+    if not wanted:
+        return
+    keep = {(pid, c.master_id) for pid, candidates in wanted.items() for c in candidates}
+    open_ = connection.execute(select(mpi_review.c.id, mpi_review.c.patient_id, mpi_review.c.master_id)
+                               .where(mpi_review.c.patient_id.in_(wanted), mpi_review.c.status == "open")).all()
+    stale = [row.id for row in open_ if (row.patient_id, row.master_id) not in keep]
+    if stale:
+        connection.execute(update(mpi_review).where(mpi_review.c.id.in_(stale)).values(status="obsolete"))
+    linker.queue_reviews(connection, now, wanted)
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

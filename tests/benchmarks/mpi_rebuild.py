@@ -1,0 +1,64 @@
+"""Batch linkage: a district's initial load with matching deferred, then `qiao mpi rebuild` placing every record.
+
+    .venv/bin/python -m tests.benchmarks.mpi_rebuild [--records 100000] [--seed 11]
+
+The labelled generated residents (tests/benchmarks/residents.py), in random order, are posted as transaction
+Bundles of 100 Patients to `qiao serve` on a scratch PostgreSQL database with QIAO_MPI_ONLINE=false (the load
+itself, the baseline: the same machine storing the same Patients without matching). Then `qiao mpi rebuild` runs
+as its own process: its wall time per phase, its peak memory (max RSS), records per second as a ratio to the load
+rate, and the pairwise quality of the masters it made and the share of records it sent to review.
+"""
+
+import argparse
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+
+import psycopg
+
+from tests.benchmarks.common import migrated_database, qiao_server
+from tests.benchmarks.mpi_quality import post_records, quality
+from tests.benchmarks.residents import generate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--clients", type=int, default=8)
+    options = parser.parse_args()
+
+    records = generate(options.records, seed=options.seed)
+    random.Random(options.seed).shuffle(records)
+    print(f"mpi rebuild: {len(records)} records of {len({p for _, p, _ in records})} people (seed {options.seed})")
+    database_url = migrated_database("qiao_bench_mpi_rebuild")
+    with qiao_server(database_url, env={"QIAO_MPI_ONLINE": "false"}) as server:
+        placed, seconds, failed = post_records(server.url, records, clients=options.clients, bundle=100, database_url=database_url)
+    load_rate = len(placed) / seconds
+    print(f"load, matching deferred: {len(placed)} Patients in {seconds:.0f} s ({load_rate:.0f}/s), {len(failed)} failed bundles")
+
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "app.cli", "mpi", "rebuild"], capture_output=True, text=True,
+                         env={**os.environ, "QIAO_DATABASE_URL": database_url, "QIAO_LOG_LEVEL": "WARNING"})
+    wall = time.monotonic() - started
+    if run.returncode != 0:
+        raise SystemExit(f"qiao mpi rebuild failed: {run.stderr[-2000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB → MiB, the largest child: the rebuild
+    rate = len(placed) / wall
+    print(f"qiao mpi rebuild: {run.stdout.strip()}")
+    print(f"  {wall:.0f} s wall ({rate:.0f} records/s, {rate / load_rate:.2f}× the load rate), peak memory {peak:.0f} MiB;"
+          f" at that rate 1,000,000 records take {1_000_000 / rate / 60:.1f} min")
+
+    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as connection:
+        master_of = dict(connection.execute("SELECT patient_id, master_id FROM mpi_record").fetchall())
+        in_review = {row[0] for row in connection.execute("SELECT patient_id FROM mpi_review WHERE status = 'open'")}
+    person_of = {record_id: person for record_id, person, _ in records if record_id in placed}
+    print(quality(person_of, {r: master_of[placed[r]] for r in person_of}).line("masters"))
+    print(f"  review queue: {len(in_review)} records ({len(in_review) / len(placed):.2%})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""`qiao mpi rebuild`: a district's Patients loaded with matching deferred, then placed at once as the online path
+would have placed them; run again, it changes nothing, and what a steward decided stands."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app import cli
+from app.config import get_settings
+from tests.mpi.test_matching import CHC_MRN, HOSPITAL_MRN, id_number, master_of, pix, post, resident, target_ids
+
+MPI = "urn:qiao:mpi"
+
+
+def district(client: TestClient) -> dict[str, str]:
+    """One resident in two institutions, twins, and a doubtful pair."""
+    number, born = id_number("1956-03-08", 31), "1990-07-01"
+    return {
+        "hospital": post(client, resident("张", "伟", "1956-03-08", number=number, mrn=(HOSPITAL_MRN, "H001"))),
+        "community": post(client, resident("章", "玮", "1956-03-08", number=number[:6] + number[8:17], mrn=(CHC_MRN, "C9"),
+                                           phone="+86 139 1111 2222", address="劲松路3-2-502")),
+        "twin1": post(client, resident("王", "建国", born, number=id_number(born, 11), mrn=(HOSPITAL_MRN, "T1"))),
+        "twin2": post(client, resident("王", "建华", born, number=id_number(born, 13), mrn=(HOSPITAL_MRN, "T2"))),
+        "li1": post(client, resident("李", "秀英", "1948-11-20", number=id_number("1948-11-20", 24), mrn=(HOSPITAL_MRN, "L1"), gender="female")),
+        "li2": post(client, resident("李", "秀英", "1948-11-20", number=None, mrn=(CHC_MRN, "L2"), gender="female", phone="13800001111",
+                                     address="北京市朝阳区学院路9号楼1单元101室")),
+    }
+
+
+def rebuild(capsys: pytest.CaptureFixture[str]) -> dict[str, int]:
+    capsys.readouterr()
+    assert cli.main(["mpi", "rebuild"]) == 0
+    words = capsys.readouterr().out.split("(")[0].split()
+    return {words[i]: int(words[i + 1]) for i in range(0, len(words), 2)}
+
+
+def test_an_initial_load_is_placed_by_the_rebuild_as_online(client: TestClient, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(get_settings(), "mpi_online", False)
+    ids = district(client)
+    assert client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{HOSPITAL_MRN}|H001"}).status_code == 404  # waiting
+    assert rebuild(capsys) == {"records": 6, "new": 6, "moved": 0, "masters": 5, "reviews": 1}
+    master = master_of(client, f"{HOSPITAL_MRN}|H001")
+    assert target_ids(pix(client, f"{CHC_MRN}|C9")) == {f"Patient/{master}", f"Patient/{ids['hospital']}", f"Patient/{ids['community']}"}
+    assert master_of(client, f"{HOSPITAL_MRN}|T1") != master_of(client, f"{HOSPITAL_MRN}|T2")
+    golden = client.get(f"/fhir/Patient/{master}").json()
+    assert golden["birthDate"] == "1956-03-08" and {link["other"]["reference"] for link in golden["link"]} == {
+        f"Patient/{ids['hospital']}", f"Patient/{ids['community']}"}
+    queue = client.get("/mpi/reviews").json()["reviews"]
+    assert [(r["patient"], r["master"]) for r in queue] == [(f"Patient/{ids['li2']}", f"Patient/{master_of(client, f'{HOSPITAL_MRN}|L1')}")]
+    # run again: nothing moves, no review is queued twice, no master is rewritten
+    assert rebuild(capsys) == {"records": 6, "new": 0, "moved": 0, "masters": 5, "reviews": 1}
+    assert len(client.get("/mpi/reviews").json()["reviews"]) == 1
+    assert client.get(f"/fhir/Patient/{master}").json()["meta"]["versionId"] == golden["meta"]["versionId"]
+
+
+def test_a_rebuild_keeps_master_ids_and_what_a_steward_decided(client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
+    ids = district(client)
+    before = {mrn: master_of(client, mrn) for mrn in (f"{HOSPITAL_MRN}|H001", f"{HOSPITAL_MRN}|T1", f"{HOSPITAL_MRN}|L1")}
+    parted = client.post("/mpi/unmerge", json={"patient": [f"Patient/{ids['community']}"]})
+    assert parted.status_code == 200, parted.text
+    steward = master_of(client, f"{CHC_MRN}|C9")
+    assert rebuild(capsys)["moved"] == 0
+    assert {mrn: master_of(client, mrn) for mrn in before} == before
+    assert master_of(client, f"{CHC_MRN}|C9") == steward  # the steward's unmerge stands
