@@ -269,10 +269,9 @@ def place_written(session: Session, written: Sequence[Any], principal: Principal
     """Place every source Patient among `written` (repository.Stored), and refresh the masters that changed."""
     contents = [(stored, orjson.loads(stored.content) if stored.content else None) for stored in written]
     sources = [(stored, content) for stored, content in contents if content is None or not golden.is_master(content)]
-    if not get_settings().mpi_online:  # an initial load: `qiao mpi rebuild` places them; a deleted one still leaves
-        golden.refresh(session, set().union(*(withdraw(session, stored.resource_id) for stored, content in sources if content is None)))
-        return
-    placing = [(stored.resource_id, stored.org, feature_reader.of_patient(content)) for stored, content in sources if content is not None]
+    # matching deferred (an initial load): nothing is placed until `qiao mpi rebuild`; a deleted record still leaves
+    placing = [(stored.resource_id, stored.org, feature_reader.of_patient(content)) for stored, content in sources
+               if content is not None and get_settings().mpi_online]
     # every blocking key of the whole write, locked at once in one order: two batches of overlapping residents
     # wait for each other instead of deadlocking
     lock_keys(session, [f"mpi:{key}" for _, _, f in placing for key in blocking_keys(f)])
@@ -477,12 +476,17 @@ def split(session: Session, patient_ids: Sequence[str], *, actor: str, note: str
     connection.execute(update(mpi_record).where(mpi_record.c.patient_id.in_(patient_ids))
                        .values(master_id=formed, basis="steward", updated_at=now))
     connection.execute(insert(mpi_link_event), [event_row(now, pid, formed, left, "steward", None, actor, note) for pid in patient_ids])
-    declared = _distinct(connection, list(patient_ids), staying)
+    declare_different(connection, patient_ids, staying, actor=actor, now=now)
+    return left, formed
+
+
+def declare_different(connection: Connection, patient_ids: Sequence[str], others: Sequence[str], *, actor: str, now: datetime) -> None:
+    """A steward's word that each of these records is another person than each of the others: never matched again."""
+    declared = _distinct(connection, list(patient_ids), list(others))
     different = [{"patient_a": a, "patient_b": b, "decided_by": actor, "decided_at": now}
-                 for a, b in sorted({_pair(p, s) for p in patient_ids for s in staying}) if (a, b) not in declared]
+                 for a, b in sorted({_pair(p, o) for p in patient_ids for o in others}) if (a, b) not in declared]
     if different:
         connection.execute(insert(mpi_distinct), different)
-    return left, formed
 
 
 def withdraw(session: Session, patient_id: str) -> set[str]:

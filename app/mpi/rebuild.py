@@ -50,9 +50,6 @@ class Record:
     basis: str | None = None
     indexed_features: str | None = None  # as indexed (JSON)
 
-    def features_json(self) -> str:
-        return orjson.dumps(self.features.to_json()).decode()
-
 
 @dataclass
 class Summary:
@@ -180,15 +177,16 @@ def _write(records: list[Record], placement: dict[str, str], probability: dict[s
         for record in chunk:
             master_id = final[placement[record.patient_id]]
             basis = "match" if probability.get(record.patient_id) is not None else "new"
+            features_json = orjson.dumps(record.features.to_json()).decode()
             if record.pk is None:
                 new_rows.append({"patient_id": record.patient_id, "master_id": master_id, "org": record.org, "basis": basis,
-                                 "features": record.features_json(), "updated_at": now,
+                                 "features": features_json, "updated_at": now,
                                  "probability": probability.get(record.patient_id)})
                 events.append(linker.event_row(now, record.patient_id, master_id, None, basis, probability.get(record.patient_id), actor, NOTE))
                 touched.add(master_id)
                 continue
-            if record.features_json() != record.indexed_features:
-                refeatured.append({"record_pk": record.pk, "features": record.features_json()})
+            if features_json != record.indexed_features:
+                refeatured.append({"record_pk": record.pk, "features": features_json})
             if master_id != record.master_id:
                 moves.append({"record_pk": record.pk, "master_id": master_id, "basis": basis, "updated_at": now,
                               "probability": probability.get(record.patient_id)})

@@ -11,7 +11,7 @@ from app.auth import audit_trail, policy
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.mpi import features, golden, index, linker
 from app.mpi.golden import MPI_SYSTEM
-from app.mpi.tables import mpi_distinct, mpi_record, mpi_review
+from app.mpi.tables import mpi_record, mpi_review
 from app.store import dates
 from app.store import repository as store
 
@@ -137,10 +137,7 @@ def decide(session: Session, review_id: int, decision: str, note: str | None = N
         raise Conflict(f"Patient/{row.patient_id} already belongs to Patient/{row.master_id}: unmerge it instead", expression=["decision"])
     if decision == "different":
         others = connection.scalars(select(mpi_record.c.patient_id).where(mpi_record.c.master_id == row.master_id)).all()
-        for other in others:
-            a, b = sorted((row.patient_id, other))
-            if connection.execute(select(mpi_distinct).where(mpi_distinct.c.patient_a == a, mpi_distinct.c.patient_b == b)).first() is None:
-                connection.execute(mpi_distinct.insert().values(patient_a=a, patient_b=b, decided_by=principal.client_id, decided_at=now))
+        linker.declare_different(connection, [row.patient_id], others, actor=principal.client_id, now=now)
     connection.execute(update(mpi_review).where(mpi_review.c.id == review_id).values(
         status=decision, decided_at=now, decided_by=principal.client_id, note=note))
     golden.refresh(session, {current, row.master_id}, replaced_by=replaced_by)
