@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, create_engine, event, insert, text
+from sqlalchemy import ColumnElement, Connection, Engine, MetaData, Table, any_, bindparam, create_engine, event, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -176,6 +176,16 @@ def wait_for_writers(started: datetime, timeout: float) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
+
+
+def among(bind: Connection | Session, column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column IN values`, on PostgreSQL as one array parameter (`= ANY(:values)`): psycopg parses every statement
+    longer than a few kilobytes in Python, and an IN list of thousands of ids cost more to send than to run."""
+    values = list(values)
+    dialect = bind.dialect if isinstance(bind, Connection) else bind.get_bind().dialect
+    if dialect.name != "postgresql":
+        return column.in_(values)
+    return column == any_(bindparam(None, values, type_=postgresql.ARRAY(column.type)))
 
 
 def insert_unless_present(session: Session, table: Table, values: dict[str, Any]) -> None:

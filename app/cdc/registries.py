@@ -33,7 +33,7 @@ from app.auth.principal import Principal
 from app.auth.relations import reference_id
 from app.cdc.tables import registry_span
 from app.config import get_settings
-from app.db import bulk_insert, lock_keys
+from app.db import among, bulk_insert, lock_keys
 from app.errors import Forbidden
 from app.mpi import golden, index
 from app.store import dates, query
@@ -281,7 +281,7 @@ def refresh(session: Session, master_ids: Iterable[str]) -> int:
         org for person in people.values() for e in person.episodes if (org := reference_id(e.get("managingOrganization"), "Organization"))})
     now = dates.now()
     changed: dict[str, dict[str, Any]] = {}
-    session.execute(delete(registry_span).where(registry_span.c.master_id.in_(masters)))
+    session.execute(delete(registry_span).where(among(session, registry_span.c.master_id, masters)))
     bulk_insert(session, registry_span, [row for person in people.values() for registry in REGISTRIES.values()
                                          for row in span_rows(registry, person)])
     for person in people.values():
@@ -334,12 +334,12 @@ def _people(session: Session, masters: list[str]) -> dict[str, Person]:
     # the resource types, for which PostgreSQL, its statistics lagging during a district's initial load, scanned
     # every Patient
     pks = list(session.scalars(select(search_reference.c.resource_pk).where(
-        search_reference.c.target_id.in_(list(owner)), search_reference.c.target_type == "Patient",
+        among(session, search_reference.c.target_id, owner), search_reference.c.target_type == "Patient",
         search_reference.c.param == "patient", search_reference.c.res_type.in_(("Condition", "EpisodeOfCare")))))
-    pks += session.scalars(select(resource.c.pk).where(resource.c.res_type == "Patient", resource.c.res_id.in_(list(owner))))
+    pks += session.scalars(select(resource.c.pk).where(resource.c.res_type == "Patient", among(session, resource.c.res_id, owner)))
     rows = session.execute(
         select(resource.c.res_type, resource.c.patient, resource_version.c.content)
-        .join(resource_version, store.CURRENT_VERSION).where(resource.c.pk.in_(pks), resource.c.deleted.is_(False)))
+        .join(resource_version, store.CURRENT_VERSION).where(among(session, resource.c.pk, pks), resource.c.deleted.is_(False)))
     for res_type, patient_id, text in rows:
         if patient_id not in owner:
             continue

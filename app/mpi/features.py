@@ -35,7 +35,7 @@ class Features:
     dwelling: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**self.__dict__, "name": asdict(self.name) if self.name else None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Features":

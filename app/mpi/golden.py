@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.principal import SYSTEM
+from app.db import among
 from app.mpi import features, id_number, names
 from app.mpi.tables import mpi_record
 from app.store import repository, rules
@@ -74,13 +75,13 @@ def _sources(session: Session, master_ids: list[str]) -> dict[str, list[Source]]
         return {}
     connection = session.connection()
     records = {row.patient_id: row for row in connection.execute(
-        select(mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.features).where(mpi_record.c.master_id.in_(master_ids)))}
+        select(mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.features).where(among(connection, mpi_record.c.master_id, master_ids)))}
     if not records:
         return {}
     rows = connection.execute(
         select(resource.c.res_id, resource.c.last_updated, resource_version.c.content)
         .join(resource_version, repository.CURRENT_VERSION)
-        .where(resource.c.res_type == "Patient", resource.c.res_id.in_(records), resource.c.deleted.is_(False))
+        .where(resource.c.res_type == "Patient", among(connection, resource.c.res_id, records), resource.c.deleted.is_(False))
     ).all()
     found: dict[str, list[Source]] = {}
     for row in rows:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.db import among
 from app.mpi.tables import mpi_record
 
 
@@ -14,7 +15,7 @@ def sources(session: Session, master_ids: Iterable[str]) -> dict[str, str]:
     masters = list(set(master_ids))
     if not masters:
         return {}
-    rows = session.execute(select(mpi_record.c.patient_id, mpi_record.c.master_id).where(mpi_record.c.master_id.in_(masters)))
+    rows = session.execute(select(mpi_record.c.patient_id, mpi_record.c.master_id).where(among(session, mpi_record.c.master_id, masters)))
     return {patient_id: master_id for patient_id, master_id in rows}
 
 
@@ -25,11 +26,11 @@ def masters_of(session: Session, patient_ids: Iterable[str]) -> set[str]:
         return set()
     masters = set()
     for patient_id, master_id in session.execute(
-            select(mpi_record.c.patient_id, mpi_record.c.master_id).where(mpi_record.c.patient_id.in_(ids))):
+            select(mpi_record.c.patient_id, mpi_record.c.master_id).where(among(session, mpi_record.c.patient_id, ids))):
         masters.add(master_id)
         ids.discard(patient_id)
     if ids:
-        masters |= set(session.scalars(select(mpi_record.c.master_id).where(mpi_record.c.master_id.in_(ids)).distinct()))
+        masters |= set(session.scalars(select(mpi_record.c.master_id).where(among(session, mpi_record.c.master_id, ids)).distinct()))
     return masters
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.principal import Principal
 from app.config import get_settings
-from app.db import bulk_insert, lock_keys
+from app.db import among, bulk_insert, lock_keys
 from app.errors import Conflict, Forbidden, NotFound
 from app.mpi import features as feature_reader
 from app.mpi import golden
@@ -118,6 +118,11 @@ class Pool:
     distinct: set[tuple[str, str]]  # pairs a steward declared different, smaller id first
     population: int  # residents (masters) in the index, at least QIAO_MPI_MIN_POPULATION
     closed: frozenset[str] = frozenset()  # keys too common to search (a batch rebuild knows them in advance)
+    members: dict[str, set[str]] = field(default_factory=dict)  # master id → its records the pool holds
+
+    def __post_init__(self) -> None:
+        for patient_id, (master_id, _) in self.records.items():
+            self.members.setdefault(master_id, set()).add(patient_id)
 
     @classmethod
     def read(cls, connection: Connection, batch: Sequence[Features], ids: Sequence[str]) -> "Pool":
@@ -129,8 +134,11 @@ class Pool:
                 under.setdefault(key, []).append(record_pk)
         under = {key: found for key, found in under.items() if len(found) <= BLOCK_LIMIT}
         pks = {pk for found in under.values() for pk in found}
+        # the candidates, and every other record of their masters (a master is only joined when all of it may be)
+        their_masters = select(mpi_record.c.master_id).where(among(connection, mpi_record.c.pk, pks)).scalar_subquery()
         rows = connection.execute(
-            select(mpi_record.c.pk, mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.features).where(mpi_record.c.pk.in_(pks))
+            select(mpi_record.c.pk, mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.features)
+            .where(among(connection, mpi_record.c.pk, pks) | mpi_record.c.master_id.in_(their_masters))
         ).all() if pks else []
         by_pk = {row.pk: row.patient_id for row in rows}
         records = {row.patient_id: (row.master_id, Features.from_json(orjson.loads(row.features))) for row in rows}
@@ -140,23 +148,41 @@ class Pool:
                    _shares(connection, batch, population), distinct, population)
 
     def score(self, f: Features, *, exclude: str | None = None) -> list[Candidate]:
-        ids = dict.fromkeys(pid for key in blocking_keys(f) for pid in self.blocks.get(key, ()) if pid != exclude)
-        current = model()
-        candidates = []
-        for patient_id in list(ids)[:MAX_CANDIDATES]:
-            master_id, other = self.records[patient_id]
-            levels = compare(f, other)
-            weight = current.weight(levels, partial(_share, self.shares, f))
-            probability = current.probability(weight)
-            ruled_out = (exclude is not None and _pair(exclude, patient_id) in self.distinct) or levels.get("id_number") == ID_DIFFERENT
-            namesake = current.probability(current.reweigh(weight, 1 / self.population))
-            graded = CERTAINLY_NOT if ruled_out else grade(current, levels, probability, namesake)
-            candidates.append(Candidate(patient_id, master_id, probability, levels, graded, ruled_out))
+        """The records sharing a blocking key, scored; and any other record of their masters that rules its master
+        out (a different valid ID number, a steward's "different"), so that a record matching one of a master's
+        records never joins a master holding another person: records are not linked by a chain of matches."""
+        ids = list(dict.fromkeys(pid for key in blocking_keys(f) for pid in self.blocks.get(key, ()) if pid != exclude))[:MAX_CANDIDATES]
+        candidates = [self._candidate(f, patient_id, exclude) for patient_id in ids]
+        scored = set(ids)
+        for master_id in {c.master_id for c in candidates}:
+            for patient_id in self.members.get(master_id, ()):
+                if patient_id not in scored and patient_id != exclude and self._rules_out(f, patient_id, exclude):
+                    candidates.append(self._candidate(f, patient_id, exclude))
         return sorted(candidates, key=lambda c: -c.probability)
+
+    def _candidate(self, f: Features, patient_id: str, exclude: str | None) -> Candidate:
+        current = model()
+        master_id, other = self.records[patient_id]
+        levels = compare(f, other)
+        weight = current.weight(levels, partial(_share, self.shares, f))
+        probability = current.probability(weight)
+        ruled_out = self._rules_out(f, patient_id, exclude)
+        namesake = current.probability(current.reweigh(weight, 1 / self.population))
+        graded = CERTAINLY_NOT if ruled_out else grade(current, levels, probability, namesake)
+        return Candidate(patient_id, master_id, probability, levels, graded, ruled_out)
+
+    def _rules_out(self, f: Features, patient_id: str, exclude: str | None) -> bool:
+        other = self.records[patient_id][1]
+        return ((exclude is not None and _pair(exclude, patient_id) in self.distinct)
+                or (f.id_valid and other.id_valid and f.id_number != other.id_number))
 
     def add(self, patient_id: str, master_id: str, f: Features) -> None:
         """A record placed in this batch: the next ones are matched against it too."""
+        before = self.records.get(patient_id)
+        if before is not None and before[0] != master_id:
+            self.members[before[0]].discard(patient_id)
         self.records[patient_id] = (master_id, f)
+        self.members.setdefault(master_id, set()).add(patient_id)
         for key in blocking_keys(f):
             if key in self.closed:
                 continue
@@ -222,8 +248,8 @@ def _population(connection: Connection) -> int:
 def _distinct(connection: Connection, ids: list[str], others: list[str]) -> set[tuple[str, str]]:
     rows = connection.execute(
         select(mpi_distinct.c.patient_a, mpi_distinct.c.patient_b).where(
-            (mpi_distinct.c.patient_a.in_(ids) & mpi_distinct.c.patient_b.in_(others))
-            | (mpi_distinct.c.patient_b.in_(ids) & mpi_distinct.c.patient_a.in_(others))
+            (among(connection, mpi_distinct.c.patient_a, ids) & among(connection, mpi_distinct.c.patient_b, others))
+            | (among(connection, mpi_distinct.c.patient_b, ids) & among(connection, mpi_distinct.c.patient_a, others))
         )
     ).all()
     return {_pair(a, b) for a, b in rows}
@@ -367,7 +393,7 @@ def place(session: Session, placing: Sequence[tuple[str, str | None, Features]],
         return set()
     connection = session.connection()
     ids = [patient_id for patient_id, _, _ in placing]
-    existing = {row.patient_id: row for row in connection.execute(select(mpi_record).where(mpi_record.c.patient_id.in_(ids)))}
+    existing = {row.patient_id: row for row in connection.execute(select(mpi_record).where(among(connection, mpi_record.c.patient_id, ids)))}
     pool = Pool.read(connection, [f for _, _, f in placing], ids)
     now = dates.now()
     out = _Placement()
@@ -411,7 +437,7 @@ def _write(session: Session, out: _Placement, now: datetime) -> None:
                 basis=bindparam("basis"), probability=bindparam("probability")),
             [{**{k: v for k, v in row.items() if k not in ("pk", "patient_id")}, "record_pk": row["pk"]} for row in out.changed],
         )
-        connection.execute(delete(mpi_block).where(mpi_block.c.record_pk.in_([row["pk"] for row in out.changed])))
+        connection.execute(delete(mpi_block).where(among(connection, mpi_block.c.record_pk, [row["pk"] for row in out.changed])))
         pks.update({row["patient_id"]: row["pk"] for row in out.changed})
     bulk_insert(session, mpi_block, [{"key": key, "record_pk": pks[pid]} for pid, keys in out.keys.items() for key in keys])
     if out.events:
@@ -432,14 +458,15 @@ def _master_after_update(connection: Connection, existing: Any, decision: Decisi
 
 
 def merge_masters(session: Session, source: str, target: str, *, actor: str, note: str | None = None, basis: str = "steward") -> None:
-    """Move every record of master `source` into master `target` (a steward's decision, or a HIS merge message).
-    Each move is a link event, so an unmerge can put them back; a steward's merge lifts the "different" pairs the
-    two masters had."""
+    """Move every record of master `source` into master `target` (a steward's decision, or a HIS merge message);
+    every record of the two then stands where it is (basis steward or merge-message). Each move is a link event, so
+    an unmerge can put them back; a steward's merge lifts the "different" pairs the two masters had."""
     connection = session.connection()
     now = dates.now()
     moved = connection.scalars(select(mpi_record.c.patient_id).where(mpi_record.c.master_id == source)).all()
     staying = connection.scalars(select(mpi_record.c.patient_id).where(mpi_record.c.master_id == target)).all()
-    connection.execute(update(mpi_record).where(mpi_record.c.master_id == source).values(master_id=target, basis=basis, updated_at=now))
+    # both sides are placed by this decision: a later update, or a rebuild, re-deciding one of them alone would undo it
+    connection.execute(update(mpi_record).where(mpi_record.c.master_id.in_([source, target])).values(master_id=target, basis=basis, updated_at=now))
     if moved:
         connection.execute(insert(mpi_link_event), [event_row(now, pid, target, source, basis, None, actor, note) for pid in moved])
     # the reviews waiting on the retired master wait on the survivor; those it now settles are obsolete
@@ -508,7 +535,7 @@ def queue_reviews(connection: Connection, now: datetime, reviews: dict[str, list
     if not doubtful:
         return
     waiting = set(connection.execute(
-        select(mpi_review.c.patient_id, mpi_review.c.master_id).where(mpi_review.c.patient_id.in_(doubtful), mpi_review.c.status == "open")
+        select(mpi_review.c.patient_id, mpi_review.c.master_id).where(among(connection, mpi_review.c.patient_id, doubtful), mpi_review.c.status == "open")
     ).tuples())
     rows = [
         {"patient_id": pid, "master_id": c.master_id, "probability": c.probability,

@@ -10,6 +10,7 @@ agree exactly, u is the value's own frequency (张伟 is common, so agreeing on 
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,10 @@ def _name(a: Features, b: Features) -> int | None:
     return 3
 
 
+@lru_cache(maxsize=1 << 16)
 def _close(x: str, y: str) -> bool:
-    """Given names one edit apart in their pinyin letters, or one the start of the other (a dropped character)."""
+    """Given names one edit apart in their pinyin letters, or one the start of the other (a dropped character).
+    Cached: a district's given names are few, and a rebuild compares them millions of times."""
     if not x or not y:
         return False
     if x.startswith(y) or y.startswith(x):

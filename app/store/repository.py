@@ -26,7 +26,7 @@ from app.auth import audit_trail, policy, relations
 from app.auth.principal import SYSTEM, Principal
 from app.auth.tables import audit_pending, care_relation, consent_denial
 from app.config import get_settings
-from app.db import bulk_insert, lock_key
+from app.db import among, bulk_insert, lock_key
 from app.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PreconditionFailed
 from app.fhir import resources
 from app.fhir import search as fhir_search
@@ -237,7 +237,7 @@ def current_many(session: Session, resource_type: str, resource_ids: Iterable[st
     if not ids:
         return {}
     statement = (select(resource.c.res_id, resource.c.pk, resource.c.version_id, resource.c.deleted, resource.c.res_type, *_OWNER_COLUMNS)
-                 .where(resource.c.res_type == resource_type, resource.c.res_id.in_(ids)).order_by(resource.c.res_id))
+                 .where(resource.c.res_type == resource_type, among(session, resource.c.res_id, ids)).order_by(resource.c.res_id))
     rows = session.connection().execute(statement.with_for_update() if lock else statement)
     return {row.res_id: Current(row.pk, row.version_id, row.deleted, row.res_type, row.org, row.patient) for row in rows}
 
@@ -391,7 +391,7 @@ def write_versions(session: Session, writes: Sequence[Write]) -> list[Stored]:
             pks[i] = writes[i].current.pk  # type: ignore[union-attr]
         stale = [pks[i] for i in existing]
         for table in DERIVED_TABLES:
-            session.connection().execute(sql_delete(table).where(table.c.resource_pk.in_(stale)))
+            session.connection().execute(sql_delete(table).where(among(session, table.c.resource_pk, stale)))
 
     stored: list[Stored] = []
     version_rows: list[dict[str, Any]] = []

@@ -1,6 +1,6 @@
 """Batch linkage: a district's initial load with matching deferred, then `qiao mpi rebuild` placing every record.
 
-    .venv/bin/python -m tests.benchmarks.mpi_rebuild [--records 100000] [--seed 11]
+    .venv/bin/python -m tests.benchmarks.mpi_rebuild [--records 100000] [--seed 11] [--reuse]
 
 The labelled generated residents (tests/benchmarks/residents.py), in random order, are posted as transaction
 Bundles of 100 Patients to `qiao serve` on a scratch PostgreSQL database with QIAO_MPI_ONLINE=false (the load
@@ -19,9 +19,12 @@ import time
 
 import psycopg
 
-from tests.benchmarks.common import migrated_database, qiao_server
+from tests.benchmarks.common import ADMIN_URL, drop_database, migrated_database, qiao_server, url_of
 from tests.benchmarks.mpi_quality import post_records, quality
 from tests.benchmarks.residents import generate
+
+DATABASE = "qiao_bench_mpi_rebuild"
+TEMPLATE = "qiao_bench_mpi_load"  # --reuse: the load, unplaced, and which load it is (its comment)
 
 
 def main() -> None:
@@ -29,16 +32,26 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--reuse", action="store_true",
+                        help=f"keep the load in database {TEMPLATE} and start from it when the records and seed are the same")
     options = parser.parse_args()
 
     records = generate(options.records, seed=options.seed)
     random.Random(options.seed).shuffle(records)
     print(f"mpi rebuild: {len(records)} records of {len({p for _, p, _ in records})} people (seed {options.seed})")
-    database_url = migrated_database("qiao_bench_mpi_rebuild")
-    with qiao_server(database_url, env={"QIAO_MPI_ONLINE": "false"}) as server:
-        placed, seconds, failed = post_records(server.url, records, clients=options.clients, bundle=100, database_url=database_url)
-    load_rate = len(placed) / seconds
-    print(f"load, matching deferred: {len(placed)} Patients in {seconds:.0f} s ({load_rate:.0f}/s), {len(failed)} failed bundles")
+    kept = f"records={len(records)} seed={options.seed}"
+    if options.reuse and _template_holds(kept):
+        database_url = _from_template()
+        placed, load_rate = _kept_load()
+        print(f"load, matching deferred: kept from an earlier run in {TEMPLATE} ({load_rate:.0f}/s when it was made)")
+    else:
+        database_url = migrated_database(DATABASE)
+        with qiao_server(database_url, env={"QIAO_MPI_ONLINE": "false"}) as server:
+            placed, seconds, failed = post_records(server.url, records, clients=options.clients, bundle=100, database_url=database_url)
+        load_rate = len(placed) / seconds
+        print(f"load, matching deferred: {len(placed)} Patients in {seconds:.0f} s ({load_rate:.0f}/s), {len(failed)} failed bundles")
+        if options.reuse:
+            _keep_template(kept, placed, load_rate)
 
     started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "app.cli", "mpi", "rebuild"], capture_output=True, text=True,
@@ -58,6 +71,39 @@ def main() -> None:
     person_of = {record_id: person for record_id, person, _ in records if record_id in placed}
     print(quality(person_of, {r: master_of[placed[r]] for r in person_of}).line("masters"))
     print(f"  review queue: {len(in_review)} records ({len(in_review) / len(placed):.2%})")
+
+
+def _template_holds(kept: str) -> bool:
+    with psycopg.connect(ADMIN_URL) as connection:
+        found = connection.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [TEMPLATE]).fetchone()
+    return bool(found and found[0] and found[0].startswith(kept + " "))
+
+
+def _keep_template(kept: str, placed: dict[str, str], load_rate: float) -> None:
+    """The loaded, unplaced database copied as the template, with the record → Patient map and the load rate."""
+    drop_database(TEMPLATE)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {TEMPLATE} TEMPLATE {DATABASE}")
+        connection.execute(f"COMMENT ON DATABASE {TEMPLATE} IS '{kept} rate={load_rate:.0f}'")
+    with psycopg.connect(url_of(TEMPLATE), autocommit=True) as connection:
+        connection.execute("CREATE TABLE bench_placed (record_id text PRIMARY KEY, patient_id text NOT NULL)")
+        with connection.cursor().copy("COPY bench_placed FROM STDIN") as copy:
+            for row in placed.items():
+                copy.write_row(row)
+
+
+def _from_template() -> str:
+    drop_database(DATABASE)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {DATABASE} TEMPLATE {TEMPLATE}")
+    return url_of(DATABASE)
+
+
+def _kept_load() -> tuple[dict[str, str], float]:
+    with psycopg.connect(url_of(TEMPLATE)) as connection:
+        placed = dict(connection.execute("SELECT record_id, patient_id FROM bench_placed").fetchall())
+        comment = connection.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [TEMPLATE]).fetchone()
+    return placed, float(comment[0].rsplit("rate=", 1)[1])
 
 
 if __name__ == "__main__":

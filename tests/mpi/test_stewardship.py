@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from app import cli
 from app.auth import audit_store
+from app.mpi.features import INSURANCE_SYSTEM as INSURANCE
 from tests.builders import FHIR_JSON
 from tests.ingest.messages import ID_CARD, adt
 from tests.mpi.test_matching import CHC_MRN, HOSPITAL_MRN, id_number, master_of, pix, post, resident, target_ids
@@ -121,3 +122,23 @@ def test_the_steward_command(client: TestClient, capsys: pytest.CaptureFixture[s
     assert cli.main(["mpi", "merge", second, first]) == 0
     assert master_of(client, f"{CHC_MRN}|L2") == master_of(client, f"{HOSPITAL_MRN}|L1")
     assert cli.main(["mpi", "merge", second, "nobody"]) == 2
+
+
+def test_a_record_never_joins_a_master_holding_another_person_through_one_of_its_records(client: TestClient,
+                                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Records are not linked by a chain of matches: 李四 (valid ID number) matches a record a steward filed under
+    张三, whose own record carries another valid ID number, so 李四 gets a master of his own, online and in a rebuild."""
+    zhang_born, li_born = "1961-05-06", "1975-09-10"
+    post(client, resident("张", "三", zhang_born, number=id_number(zhang_born, 31), mrn=(HOSPITAL_MRN, "Z1"), phone="13900000001"))
+    li = resident("李", "四", li_born, number=None, mrn=(CHC_MRN, "Z2"), phone="13900000002", address="北京市朝阳区学院路9号楼1单元101室")
+    filed = post(client, li | {"identifier": li["identifier"] + [{"system": INSURANCE, "value": "11010500042"}]})
+    zhang = master_of(client, f"{HOSPITAL_MRN}|Z1")
+    steward(client, "merge", {"source": f"Patient/{filed}", "target": f"Patient/{zhang}", "note": "filed under 张三 (wrongly)"})
+
+    later = resident("李", "四", li_born, number=id_number(li_born, 57, region="110108"), mrn=(HIS_MRN, "Z3"), phone="13900000002",
+                     address="北京市朝阳区学院路9号楼1单元101室")
+    post(client, later | {"identifier": later["identifier"] + [{"system": INSURANCE, "value": "11010500042"}]})
+    for _ in ("online", "rebuilt"):
+        assert master_of(client, f"{HIS_MRN}|Z3") != zhang
+        assert master_of(client, f"{CHC_MRN}|Z2") == zhang  # the steward's placement stands
+        assert cli.main(["mpi", "rebuild"]) == 0
