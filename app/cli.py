@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     merge_parser.add_argument("target")
     merge_parser.add_argument("--note")
     mpi_commands.add_parser("rebuild", help="place every source Patient again with the current model (initial load, model change)")
+    train_parser = mpi_commands.add_parser("train", help="estimate the match model from this district's records (then QIAO_MPI_MODEL and rebuild)")
+    train_parser.add_argument("--out", type=Path, required=True, help="where to write the model (YAML)")
+    train_parser.add_argument("--sample", type=int, default=200_000, help="records drawn at random to learn from")
     unmerge_parser = mpi_commands.add_parser("unmerge", help="these source records (Patient ids) become a resident of their own")
     unmerge_parser.add_argument("patients", nargs="+")
     unmerge_parser.add_argument("--note")
@@ -148,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "clock":
         return run_clock()
     if args.command == "mpi":
-        return rebuild_index() if args.mpi_command == "rebuild" else steward(args)
+        if args.mpi_command in ("rebuild", "train"):
+            return rebuild_index() if args.mpi_command == "rebuild" else train_model(args.out, args.sample)
+        return steward(args)
     return 0
 
 
@@ -356,6 +361,16 @@ def rebuild_index() -> int:
     done = rebuild.rebuild()
     timing = " ".join(f"{phase} {seconds:.1f}s" for phase, seconds in done.seconds.items())
     print(f"records {done.records} new {done.new_records} moved {done.moved} masters {done.masters} reviews {done.reviews} ({timing})")
+    return 0
+
+
+def train_model(out: Path, sample: int) -> int:
+    from app.mpi import training
+
+    trained = training.train_on_district(sample)
+    out.write_text(trained.to_yaml(), encoding="utf-8")
+    print(f"model from {trained.trained_on['sampled']} of {trained.trained_on['district_records']} records written to {out}; "
+          f"prior {trained.prior:.4f}; use it with QIAO_MPI_MODEL={out}, then qiao mpi rebuild")
     return 0
 
 

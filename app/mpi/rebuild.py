@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 
 from app import db
 from app.config import get_settings
@@ -64,7 +64,7 @@ class Summary:
 def rebuild(actor: str = "operator") -> Summary:
     summary = Summary()
     started = time.monotonic()
-    records, distinct, masters_before = _load()
+    records, distinct, masters_before = source_records()
     summary.records = len(records)
     summary.seconds["read"] = time.monotonic() - started
     clock = time.monotonic()
@@ -74,6 +74,7 @@ def rebuild(actor: str = "operator") -> Summary:
     final = _master_ids(records, placement)
     retired = _retired(records, placement, final)
     touched = _write(records, placement, probability, reviews, final, actor, summary)
+    _analyze()
     summary.seconds["write"] = time.monotonic() - clock
     clock = time.monotonic()
     for chunk in _chunks(sorted(touched | set(retired)), BATCH // 4):
@@ -85,7 +86,7 @@ def rebuild(actor: str = "operator") -> Summary:
     return summary
 
 
-def _load() -> tuple[list[Record], set[tuple[str, str]], int]:
+def source_records() -> tuple[list[Record], set[tuple[str, str]], int]:
     """Every source Patient in arrival order, its features read from it now (the feature code may have changed, or
     it was written while matching was deferred) and its index entry if it has one; the steward's "different" pairs;
     the number of masters."""
@@ -175,6 +176,7 @@ def _write(records: list[Record], placement: dict[str, str], probability: dict[s
            reviews: dict[str, list[linker.Candidate]], final: dict[str, str], actor: str, summary: Summary) -> set[str]:
     """The new placements, in batches of records, each its own transaction; the masters whose records changed."""
     touched: set[str] = set()
+    open_reviews = _open_reviews()
     for chunk in _chunks(records, BATCH):
         now = dates.now()
         by_pk = {r.pk: r for r in chunk if r.pk is not None}
@@ -215,27 +217,43 @@ def _write(records: list[Record], placement: dict[str, str], probability: dict[s
                 connection.execute(update(mpi_record).where(mpi_record.c.pk == bindparam("record_pk")).values(
                     master_id=bindparam("master_id"), basis=bindparam("basis"), updated_at=bindparam("updated_at"), probability=bindparam("probability")), moves)
             db.bulk_insert(session, mpi_link_event, events)
-            _reviews(connection, now, chunk, reviews, placement, final)
+            _reviews(connection, now, chunk, reviews, placement, final, open_reviews)
         summary.new_records += len(new_rows)
         summary.moved += len(moves)
         summary.reviews += sum(len(reviews.get(r.patient_id, [])) for r in chunk)
     return touched
 
 
+def _open_reviews() -> dict[str, list[tuple[int, str]]]:
+    """Each record's open reviews (id, master): the queue is small, and read once it is not searched per batch."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    with db.transaction() as session:
+        for review_id, patient_id, master_id in session.execute(
+                select(mpi_review.c.id, mpi_review.c.patient_id, mpi_review.c.master_id).where(mpi_review.c.status == "open")):
+            found.setdefault(patient_id, []).append((review_id, master_id))
+    return found
+
+
 def _reviews(connection: Any, now: Any, chunk: list[Record], reviews: dict[str, list[linker.Candidate]], placement: dict[str, str],
-             final: dict[str, str]) -> None:
+             final: dict[str, str], open_reviews: dict[str, list[tuple[int, str]]]) -> None:
     """The batch's open reviews become those the replay found: the rest are obsolete, the new ones queued."""
     wanted = {record.patient_id: [linker.Candidate(c.patient_id, final[placement[c.patient_id]], c.probability, c.levels, c.grade)
                                   for c in reviews.get(record.patient_id, [])] for record in chunk if record.basis not in FIXED}
     if not wanted:
         return
     keep = {(pid, c.master_id) for pid, candidates in wanted.items() for c in candidates}
-    open_ = connection.execute(select(mpi_review.c.id, mpi_review.c.patient_id, mpi_review.c.master_id)
-                               .where(db.among(connection, mpi_review.c.patient_id, wanted), mpi_review.c.status == "open")).all()
-    stale = [row.id for row in open_ if (row.patient_id, row.master_id) not in keep]
+    stale = [review_id for pid in wanted for review_id, master_id in open_reviews.get(pid, ()) if (pid, master_id) not in keep]
     if stale:
         connection.execute(update(mpi_review).where(db.among(connection, mpi_review.c.id, stale)).values(status="obsolete"))
     linker.queue_reviews(connection, now, wanted)
+
+
+def _analyze() -> None:
+    """Fresh planner statistics for the index's tables, which a rebuild may have filled from empty: PostgreSQL's own
+    analyse comes later, and until then its plans for the masters' writes (and online matching) assume empty tables."""
+    with db.transaction() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("ANALYZE mpi_record, mpi_block, mpi_review, mpi_link_event"))
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

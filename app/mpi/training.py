@@ -37,6 +37,19 @@ def blocked_pairs(records: Sequence[Features], prefixes: tuple[str, ...] = ("",)
     return sorted(pairs)
 
 
+def train_on_district(sample: int, seed: int = 1) -> Model:
+    """The model re-estimated from this district's source Patients (at most `sample` of them, drawn at random), with
+    the thresholds of the model in use: a region's names, typing habits and shared phones are its own."""
+    from app.mpi.linker import model
+    from app.mpi.rebuild import source_records
+
+    records = [r.features for r in source_records()[0]]
+    chosen = random.Random(seed).sample(records, sample) if len(records) > sample else records
+    current = model()
+    return train(chosen, seed=seed, link=current.link, review=current.review,
+                 description={"district_records": len(records), "sampled": len(chosen)})
+
+
 def train(records: Sequence[Features], *, random_pairs: int = 300_000, seed: int = 1, link: float = 0.999, review: float = 0.5,
           description: dict[str, Any] | None = None) -> Model:
     rng = random.Random(seed)

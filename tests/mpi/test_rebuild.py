@@ -1,11 +1,15 @@
 """`qiao mpi rebuild`: a district's Patients loaded with matching deferred, then placed at once as the online path
 would have placed them; run again, it changes nothing, and what a steward decided stands."""
 
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
 from app import cli
 from app.config import get_settings
+from app.mpi import linker
+from app.mpi.model import Model
 from tests.mpi.test_matching import CHC_MRN, HOSPITAL_MRN, id_number, master_of, pix, post, resident, target_ids
 
 MPI = "urn:qiao:mpi"
@@ -62,3 +66,22 @@ def test_a_rebuild_keeps_master_ids_and_what_a_steward_decided(client: TestClien
     assert rebuild(capsys)["moved"] == 0
     assert {mrn: master_of(client, mrn) for mrn in before} == before
     assert master_of(client, f"{CHC_MRN}|C9") == steward  # the steward's unmerge stands
+
+
+def test_a_model_trained_on_the_district_is_written_and_rebuilt_with(client: TestClient, capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    district(client)
+    out = tmp_path / "model.yaml"
+    assert cli.main(["mpi", "train", "--out", str(out), "--sample", "5"]) == 0
+    assert str(out) in capsys.readouterr().out
+    trained = Model.load(out)
+    assert trained.trained_on["district_records"] == 6 and trained.trained_on["sampled"] == 5
+    assert (trained.link, trained.review) == (linker.model().link, linker.model().review)  # thresholds are the operator's
+    assert all(abs(sum(levels) - 1) < 1e-4 and min(levels) > 0 for levels in [*trained.m.values(), *trained.u.values()])
+
+    monkeypatch.setattr(get_settings(), "mpi_model", out)
+    linker.model.cache_clear()
+    try:
+        assert rebuild(capsys)["records"] == 6
+    finally:
+        linker.model.cache_clear()
