@@ -151,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "clock":
         return run_clock()
     if args.command == "mpi":
-        if args.mpi_command in ("rebuild", "train"):
-            return rebuild_index() if args.mpi_command == "rebuild" else train_model(args.out, args.sample)
+        if args.mpi_command == "rebuild":
+            return rebuild_index()
+        if args.mpi_command == "train":
+            return train_model(args.out, args.sample)
         return steward(args)
     return 0
 

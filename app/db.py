@@ -180,7 +180,9 @@ def wait_for_writers(started: datetime, timeout: float) -> bool:
 
 def among(bind: Connection | Session, column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:
     """`column IN values`, on PostgreSQL as one array parameter (`= ANY(:values)`): psycopg parses every statement
-    longer than a few kilobytes in Python, and an IN list of thousands of ids cost more to send than to run."""
+    longer than a few kilobytes in Python, and an IN list of thousands of ids costs more to send than to run. One
+    statement text for every length is prepared once and may get a generic plan, so a table filled in bulk needs
+    fresh statistics (`ANALYZE`) before it is searched this way."""
     values = list(values)
     dialect = bind.dialect if isinstance(bind, Connection) else bind.get_bind().dialect
     if dialect.name != "postgresql":

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.mpi.features import Features
-from app.mpi.linker import BLOCK_LIMIT, blocking_keys
+from app.mpi.linker import BLOCK_LIMIT, blocking_keys, model
 from app.mpi.model import COMPARISONS, Levels, Model, compare, estimate_m, estimate_u, match_probability
+from app.mpi.rebuild import source_records
 
 #: EM sessions (as in Splink): pairs blocked on one thing teach what the other comparisons look like among matches.
 SESSIONS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
@@ -40,9 +41,6 @@ def blocked_pairs(records: Sequence[Features], prefixes: tuple[str, ...] = ("",)
 def train_on_district(sample: int, seed: int = 1) -> Model:
     """The model re-estimated from this district's source Patients (at most `sample` of them, drawn at random), with
     the thresholds of the model in use: a region's names, typing habits and shared phones are its own."""
-    from app.mpi.linker import model
-    from app.mpi.rebuild import source_records
-
     records = [r.features for r in source_records()[0]]
     chosen = random.Random(seed).sample(records, sample) if len(records) > sample else records
     current = model()
