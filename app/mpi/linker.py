@@ -25,7 +25,7 @@ from app.errors import Conflict, Forbidden, NotFound
 from app.mpi import features as feature_reader
 from app.mpi import golden
 from app.mpi.features import Features
-from app.mpi.model import CERTAIN, CERTAINLY_NOT, ID_DIFFERENT, PROBABLE, Levels, Model, compare, grade
+from app.mpi.model import CERTAIN, CERTAINLY_NOT, PROBABLE, Levels, Model, compare, grade, two_people
 from app.mpi.tables import mpi_block, mpi_distinct, mpi_link_event, mpi_record, mpi_review
 from app.store import dates
 from app.store.rules import WriteRule
@@ -174,7 +174,7 @@ class Pool:
     def _rules_out(self, f: Features, patient_id: str, exclude: str | None) -> bool:
         other = self.records[patient_id][1]
         return ((exclude is not None and _pair(exclude, patient_id) in self.distinct)
-                or (f.id_valid and other.id_valid and f.id_number != other.id_number))
+                or two_people(f, other))
 
     def add(self, patient_id: str, master_id: str, f: Features) -> None:
         """A record placed in this batch: the next ones are matched against it too."""
@@ -353,7 +353,7 @@ def joining_conflict(connection: Connection, master_a: str, master_b: str, *, st
     side_b = [(pid, f) for pid, master, f in parsed if master == master_b]
     for a, fa in side_a:
         for b, fb in side_b:
-            if compare(fa, fb).get("id_number") == ID_DIFFERENT:
+            if two_people(fa, fb):
                 return f"Patient/{a} and Patient/{b} carry different valid ID numbers"
     if not steward:
         declared = _distinct(connection, [pid for pid, _ in side_a], [pid for pid, _ in side_b])

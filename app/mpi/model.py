@@ -35,6 +35,11 @@ ID_DIFFERENT = 3
 NAME_DIFFERENT = 3
 
 
+def two_people(a: Features, b: Features) -> bool:
+    """Two valid, different ID numbers: two people whatever else agrees (a typo cannot keep both valid)."""
+    return a.id_valid and b.id_valid and a.id_number != b.id_number
+
+
 def compare(a: Features, b: Features) -> Levels:
     return {
         "id_number": _id_number(a, b),

@@ -205,7 +205,7 @@ def _write(records: list[Record], placement: dict[str, str], probability: dict[s
             connection = session.connection()
             db.bulk_insert(session, mpi_record, new_rows)
             pks = {patient_id: pk for patient_id, pk in connection.execute(select(mpi_record.c.patient_id, mpi_record.c.pk).where(
-                db.among(connection, mpi_record.c.patient_id, [row["patient_id"] for row in new_rows])))}
+                db.among(connection, mpi_record.c.patient_id, [row["patient_id"] for row in new_rows])))} if new_rows else {}
             if refeatured:
                 connection.execute(update(mpi_record).where(mpi_record.c.pk == bindparam("record_pk")).values(features=bindparam("features")),
                                    refeatured)

@@ -73,10 +73,15 @@ def main() -> None:
     print(f"  review queue: {len(in_review)} records ({len(in_review) / len(placed):.2%})")
 
 
-def _template_holds(kept: str) -> bool:
+def _template_comment() -> str:
+    """Which load the template holds ("records=N seed=S rate=R"), or "" when there is none."""
     with psycopg.connect(ADMIN_URL) as connection:
         found = connection.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [TEMPLATE]).fetchone()
-    return bool(found and found[0] and found[0].startswith(kept + " "))
+    return str(found[0] or "") if found else ""
+
+
+def _template_holds(kept: str) -> bool:
+    return _template_comment().startswith(kept + " ")
 
 
 def _keep_template(kept: str, placed: dict[str, str], load_rate: float) -> None:
@@ -102,8 +107,7 @@ def _from_template() -> str:
 def _kept_load() -> tuple[dict[str, str], float]:
     with psycopg.connect(url_of(TEMPLATE)) as connection:
         placed = dict(connection.execute("SELECT record_id, patient_id FROM bench_placed").fetchall())
-        comment = connection.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [TEMPLATE]).fetchone()
-    return placed, float(comment[0].rsplit("rate=", 1)[1])
+    return placed, float(_template_comment().rsplit("rate=", 1)[1])
 
 
 if __name__ == "__main__":
