@@ -10,15 +10,18 @@ rate, and the pairwise quality of the masters it made and the share of records i
 """
 
 import argparse
+import hashlib
 import os
 import random
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psycopg
 
+from tests.benchmarks import residents
 from tests.benchmarks.common import ADMIN_URL, drop_database, migrated_database, qiao_server, url_of
 from tests.benchmarks.mpi_quality import post_records, quality
 from tests.benchmarks.residents import generate
@@ -39,7 +42,7 @@ def main() -> None:
     records = generate(options.records, seed=options.seed)
     random.Random(options.seed).shuffle(records)
     print(f"mpi rebuild: {len(records)} records of {len({p for _, p, _ in records})} people (seed {options.seed})")
-    kept = f"records={len(records)} seed={options.seed}"
+    kept = f"records={len(records)} seed={options.seed} generator={_generator_digest()}"
     if options.reuse and _template_holds(kept):
         database_url = _from_template()
         placed, load_rate = _kept_load()
@@ -73,8 +76,13 @@ def main() -> None:
     print(f"  review queue: {len(in_review)} records ({len(in_review) / len(placed):.2%})")
 
 
+def _generator_digest() -> str:
+    """The generator's source, digested: a kept load made by another version of it is not the same load."""
+    return hashlib.sha256(Path(residents.__file__).read_bytes()).hexdigest()[:12]
+
+
 def _template_comment() -> str:
-    """Which load the template holds ("records=N seed=S rate=R"), or "" when there is none."""
+    """Which load the template holds ("records=N seed=S generator=D rate=R"), or "" when there is none."""
     with psycopg.connect(ADMIN_URL) as connection:
         found = connection.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [TEMPLATE]).fetchone()
     return str(found[0] or "") if found else ""

@@ -93,7 +93,22 @@ def _people(count: int, rng: random.Random) -> list[Person]:
             household.append(person(surname=head.surname, given=head.given, region=head.region, sex=head.sex,
                                     born=date(head.born.year, rng.randrange(1, 13), rng.randrange(1, 29))))
         people.extend(household)
-    return people[:count]
+    return _unique_numbers(people[:count], rng)
+
+
+def _unique_numbers(people: list[Person], rng: random.Random) -> list[Person]:
+    """ID numbers are issued once: a person whose sequence someone of the same region and birth date already holds
+    draws another (of their sex's parity). Drawn at random, 782 pairs of the 500,000 people drawn for 1,000,000
+    records shared a number (27 for 200,000 records), and the matcher rightly took each pair for one person."""
+    issued: set[tuple[str, date, int]] = set()
+    unique = []
+    for p in people:
+        sequence = p.sequence
+        while (p.region, p.born, sequence) in issued:
+            sequence = rng.randrange(0, 500) * 2 + sequence % 2
+        issued.add((p.region, p.born, sequence))
+        unique.append(p if sequence == p.sequence else replace(p, sequence=sequence))
+    return unique
 
 
 def _child(person: Any, parent: Person, rng: random.Random) -> Person:
@@ -116,10 +131,12 @@ def _given(rng: random.Random) -> str:
 
 
 def _twin_name(given: str, rng: random.Random) -> str:
-    other = _given(rng)
-    while other == given:
+    """Another given name, often sharing the first character (建国, 建华), never the same one."""
+    while True:
         other = _given(rng)
-    return given[:1] + other[-1] if len(given) == 2 and rng.random() < 0.5 else other
+        name = given[:1] + other[-1] if len(given) == 2 and rng.random() < 0.5 else other
+        if name != given:
+            return name
 
 
 # --- records ---------------------------------------------------------------------------------------------------
