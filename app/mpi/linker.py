@@ -23,7 +23,7 @@ from app.config import get_settings
 from app.db import among, bulk_insert, lock_keys
 from app.errors import Conflict, Forbidden, NotFound
 from app.mpi import features as feature_reader
-from app.mpi import golden
+from app.mpi import golden, names
 from app.mpi.features import Features
 from app.mpi.model import CERTAIN, CERTAINLY_NOT, PROBABLE, Levels, Model, compare, grade, two_people
 from app.mpi.tables import mpi_block, mpi_distinct, mpi_link_event, mpi_record, mpi_review
@@ -53,16 +53,17 @@ def model() -> Model:
 def blocking_keys(f: Features) -> list[str]:
     """Keys under which a record is found: exact ID number; either half of it with the surname (a typo spares one
     half); name sound with birth year; surname with birth date; name sound with dwelling (when a birth date is
-    missing); each phone; insurance number."""
+    missing); each phone; insurance number. Names by their sound (names.sound), as they are compared."""
     keys = []
+    surname = names.sound(f.name.surname) if f.name else ""
     if f.id_number:
         keys.append(f"id:{f.id_number}")
         if f.name and len(f.id_number) == 18:
-            keys += [f"ih:{f.id_number[:9]}:{f.name.surname}", f"it:{f.id_number[9:]}:{f.name.surname}"]
+            keys += [f"ih:{f.id_number[:9]}:{surname}", f"it:{f.id_number[9:]}:{surname}"]
     if f.name and f.birth_date:
-        keys += [f"nb:{f.name.pinyin}:{f.birth_date[:4]}", f"sb:{f.name.surname}:{f.birth_date}"]
+        keys += [f"nb:{f.name.sound}:{f.birth_date[:4]}", f"sb:{surname}:{f.birth_date}"]
     if f.name and f.dwelling:
-        keys.append(f"nd:{f.name.pinyin}:{f.dwelling}")
+        keys.append(f"nd:{f.name.sound}:{f.dwelling}")
     keys += [f"ph:{p}" for p in f.phones]
     if f.insurance:
         keys.append(f"in:{f.insurance}")
@@ -73,7 +74,7 @@ def frequency_keys(f: Features) -> list[str]:
     """Keys counted for term frequencies only (never searched as blocks)."""
     keys = []
     if f.name:
-        keys.append(f"tp:{f.name.pinyin}")
+        keys.append(f"tp:{f.name.sound}")
         if f.name.chars:
             keys.append(f"tc:{f.name.chars}")
     return keys
@@ -224,7 +225,7 @@ def _shares(connection: Connection, batch: Sequence[Features], population: int) 
 
 def _share(shares: dict[str, float], f: Features, comparison: str, level: int) -> float | None:
     if comparison == "name" and f.name and level in (0, 1):
-        key = f"tc:{f.name.chars}" if level == 0 and f.name.chars else f"tp:{f.name.pinyin}"
+        key = f"tc:{f.name.chars}" if level == 0 and f.name.chars else f"tp:{f.name.sound}"
         return shares.get(key)
     if comparison == "phone" and level == 0:
         found = [shares[f"ph:{p}"] for p in f.phones if f"ph:{p}" in shares]

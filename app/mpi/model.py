@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from app.mpi import id_number
+from app.mpi import id_number, names
 from app.mpi.features import Features
 
 Levels = dict[str, int | None]
@@ -66,7 +66,10 @@ def _name(a: Features, b: Features) -> int | None:
         return 0
     if a.name.pinyin == b.name.pinyin:
         return 0 if a.name.chars is None and b.name.chars is None else 1
-    if a.name.surname == b.name.surname and _close(a.name.pinyin[len(a.name.surname):], b.name.pinyin[len(b.name.surname):]):
+    if a.name.sound == b.name.sound:
+        return 1
+    if names.sound(a.name.surname) == names.sound(b.name.surname) and _close(names.sound(a.name.pinyin[len(a.name.surname):]),
+                                                                           names.sound(b.name.pinyin[len(b.name.surname):])):
         return 2
     return 3
 
@@ -183,8 +186,8 @@ def grade(model: Model, levels: Levels, probability: float, namesake_probability
     """The match grade (FHIR match-grade codes). Two valid different ID numbers are two people whatever else agrees,
     and so are two wholly different names that no ID or insurance number joins (spouses, parents and children share
     a phone and a dwelling, not a name). An automatic link ("probable" or better) also needs the ID number, or the
-    name with corroboration, to agree, and no disagreement on sex or birth date, so that twins, spouses and
-    namesakes go to review at most. `namesake_probability` is the pair's probability as if any resident of the
+    name with corroboration, to agree, the name not to differ wholly, and no disagreement on sex or birth date, so
+    that twins, spouses, namesakes and a number keyed for the wrong person go to review at most. `namesake_probability` is the pair's probability as if any resident of the
     population could be this one (see `_safe_to_link`)."""
     if levels.get("id_number") == ID_DIFFERENT:
         return CERTAINLY_NOT
@@ -207,7 +210,9 @@ def _safe_to_link(levels: Levels, rare_enough: bool) -> bool:
     corroborated = levels.get("phone") == 0 or levels.get("insurance") == 0 or levels.get("address") in (0, 1)
     rare = rare_enough and levels.get("birth_date") == 0 and levels.get("sex") == 0
     identity_agrees = levels.get("id_number") in (0, 1) or (name_same and (corroborated or rare))
-    name_agrees = levels.get("name") in (None, 0, 1) or levels.get("id_number") == 0
+    # an agreeing ID number carries a name that is close, not a wholly different one: that is a number keyed for
+    # someone else (a relative's, the form before), so a steward looks
+    name_agrees = levels.get("name") in (None, 0, 1) or (levels.get("name") == 2 and levels.get("id_number") == 0)
     return identity_agrees and name_agrees and levels.get("sex") != 1 and levels.get("birth_date") != 2
 
 

@@ -1,5 +1,6 @@
-"""Chinese personal names for matching: characters, surname (compound ones included) and toneless pinyin, so that
-homophones (张伟 / 章玮) and names recorded in pinyin ("ZHANG WEI") compare as the same sound."""
+"""Chinese personal names for matching: characters, surname (compound ones included), toneless pinyin and its
+sound, so that homophones (张伟 / 章玮), names recorded in pinyin ("ZHANG WEI") and names written down by ear in a
+region that does not tell zh from z or -ng from -n (陈 chen / 程 cheng) compare as the same sound."""
 
 import re
 from dataclasses import dataclass
@@ -19,11 +20,29 @@ SURNAME_READINGS = {"曾": "zeng", "单": "shan", "解": "xie", "仇": "qiu", "�
                     "单于": "chanyu", "尉迟": "yuchi"}
 
 
+#: what many speakers (most of the south) do not tell apart, and so do not write apart: retroflex and flat initials
+#: (zh/z, ch/c, sh/s), back and front nasal finals (-ng/-n; an "ng" before a vowel is n and the g of the next syllable)
+_FOLDS = ((re.compile(r"([zcs])h"), r"\1"), (re.compile(r"ng(?![aeiouv])"), "n"))
+
+
 @dataclass(frozen=True)
 class Name:
     chars: str | None  # the name in Chinese characters, surname first, no spaces
     surname: str  # pinyin of the surname
     pinyin: str  # pinyin of the whole name, surname first, no spaces
+    sound: str = ""  # the pinyin folded (see `sound`); stored, so that an index made before it is re-keyed by a rebuild
+
+    def __post_init__(self) -> None:
+        if not self.sound:
+            object.__setattr__(self, "sound", sound(self.pinyin))
+
+
+@lru_cache(maxsize=65536)
+def sound(pinyin: str) -> str:
+    """Pinyin with the sounds of `_FOLDS` made one (zhang → zan, cheng → cen, shi → si; jianguo stays)."""
+    for written, heard in _FOLDS:
+        pinyin = written.sub(heard, pinyin)
+    return pinyin
 
 
 def parse(text: str | None, family: str | None = None, given: str | None = None) -> Name | None:

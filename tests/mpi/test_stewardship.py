@@ -84,15 +84,15 @@ def a40(survivor: str, merged: str, control_id: str, id_card: str = ID_CARD) -> 
 
 def test_a_his_merge_message_makes_its_two_records_one_resident(client: TestClient) -> None:
     hl7(client, adt(control_id="M1", mrn="MZ1001"))
-    # registered again at another desk: another name's character, no ID number, another visit
-    hl7(client, adt(control_id="M2", mrn="MZ1002", family="章", given="珊", id_card="", visit="V2002"))
+    # registered again at another desk: a name misheard (章丹 for 张三), no ID number, another visit
+    hl7(client, adt(control_id="M2", mrn="MZ1002", family="章", given="丹", id_card="", visit="V2002"))
     assert master_of(client, f"{HIS_MRN}|MZ1001") != master_of(client, f"{HIS_MRN}|MZ1002")
     hl7(client, a40("MZ1001", "MZ1002", "M3"))
     assert master_of(client, f"{HIS_MRN}|MZ1001") == master_of(client, f"{HIS_MRN}|MZ1002")
     merged = client.get("/fhir/Patient", params={"identifier": f"{HIS_MRN}|MZ1002"}).json()["entry"][0]["resource"]
     survivor = client.get("/fhir/Patient", params={"identifier": f"{HIS_MRN}|MZ1001"}).json()["entry"][0]["resource"]
     assert merged["active"] is False and merged["link"] == [{"other": {"reference": f"Patient/{survivor['id']}"}, "type": "replaced-by"}]
-    assert merged["name"][0]["text"] == "章珊"  # amended, not replaced: the source record keeps what it said
+    assert merged["name"][0]["text"] == "章丹"  # amended, not replaced: the source record keeps what it said
     hl7(client, a40("MZ1001", "MZ9999", "M4"))  # a record Qiao never had: nothing to merge, nothing made
     assert client.get("/fhir/Patient", params={"identifier": f"{HIS_MRN}|MZ9999"}).json()["total"] == 0
 
