@@ -68,10 +68,13 @@ def _name(a: Features, b: Features) -> int | None:
         return 0 if a.name.chars is None and b.name.chars is None else 1
     if a.name.sound == b.name.sound:
         return 1
-    if names.sound(a.name.surname) == names.sound(b.name.surname) and _close(names.sound(a.name.pinyin[len(a.name.surname):]),
-                                                                           names.sound(b.name.pinyin[len(b.name.surname):])):
+    if names.sound(a.name.surname) == names.sound(b.name.surname) and _close(_given_sound(a.name), _given_sound(b.name)):
         return 2
     return 3
+
+
+def _given_sound(name: names.Name) -> str:
+    return names.sound(name.pinyin[len(name.surname):])
 
 
 @lru_cache(maxsize=1 << 16)
@@ -187,8 +190,9 @@ def grade(model: Model, levels: Levels, probability: float, namesake_probability
     and so are two wholly different names that no ID or insurance number joins (spouses, parents and children share
     a phone and a dwelling, not a name). An automatic link ("probable" or better) also needs the ID number, or the
     name with corroboration, to agree, the name not to differ wholly, and no disagreement on sex or birth date, so
-    that twins, spouses, namesakes and a number keyed for the wrong person go to review at most. `namesake_probability` is the pair's probability as if any resident of the
-    population could be this one (see `_safe_to_link`)."""
+    that twins, spouses, namesakes and a number keyed for the wrong person go to review at most.
+    `namesake_probability` is the pair's probability as if any resident of the population could be this one (see
+    `_safe_to_link`)."""
     if levels.get("id_number") == ID_DIFFERENT:
         return CERTAINLY_NOT
     if levels.get("name") == NAME_DIFFERENT and levels.get("id_number") not in (0, 1) and levels.get("insurance") != 0:

@@ -99,7 +99,7 @@ def _people(count: int, rng: random.Random) -> list[Person]:
 def _unique_numbers(people: list[Person], rng: random.Random) -> list[Person]:
     """ID numbers are issued once: a person whose sequence someone of the same region and birth date already holds
     draws another (of their sex's parity). Drawn at random, 782 pairs of the 500,000 people drawn for 1,000,000
-    records shared a number (27 for 200,000 records), and the matcher rightly took each pair for one person."""
+    records shared a number (27 for 200,000 records): two people no matcher can tell apart."""
     issued: set[tuple[str, date, int]] = set()
     unique = []
     for p in people:
