@@ -52,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="seal pending events, then check the hash chain end to end")
 
-    ingest_parser = commands.add_parser("ingest", help="ingest files from a source (HL7 v2: .hl7, one or more messages each)")
+    ingest_parser = commands.add_parser("ingest", help="ingest files from a source: HL7 v2 (one or more messages each), or "
+                                                       "CSV / JSON / JSON Lines exports (.csv, .json, .jsonl: one message per row)")
     ingest_parser.add_argument("files", nargs="+", type=Path)
     ingest_parser.add_argument("--source", required=True, help="the source's name in the sources file")
+    ingest_parser.add_argument("--kind", help="the kind of export (which mapping applies); default: the source's `files` pattern")
 
     messages_parser = commands.add_parser("messages", help="inbound messages (HL7 v2 …): list, replay")
     messages_commands = messages_parser.add_subparsers(dest="messages_command", required=True)
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return verify_audit()
     if args.command == "ingest":
-        return ingest(args.files, args.source)
+        return ingest(args.files, args.source, args.kind)
     if args.command == "messages":
         return list_messages(args) if args.messages_command == "list" else replay_messages(args.ids)
     if args.command == "subscriptions":
@@ -238,9 +240,9 @@ def verify_audit() -> int:
     return 0 if result.intact else 1
 
 
-def ingest(files: list[Path], source_name: str) -> int:
-    from adapters.hl7v2.parse import split_batch
-    from app.ingest import pipeline
+def ingest(paths: list[Path], source_name: str, kind: str | None) -> int:
+    from app.errors import QiaoError
+    from app.ingest import files
     from app.ingest.sources import sources
 
     source = sources().get(source_name)
@@ -248,12 +250,16 @@ def ingest(files: list[Path], source_name: str) -> int:
         print(f"qiao ingest: unknown source {source_name!r} (configured: {', '.join(sorted(sources()))})", file=sys.stderr)
         return 2
     counts: dict[str, int] = {}
-    for path in files:
-        for raw in split_batch(path.read_bytes()):
-            outcome = pipeline.receive_hl7v2(raw, channel="file", source=source)
-            counts[outcome.state] = counts.get(outcome.state, 0) + 1
-            if outcome.state == "failed":
-                print(f"{outcome.message_id}\tfailed\t{outcome.location or ''}: {outcome.text}", file=sys.stderr)
+    for path in paths:
+        try:
+            tally = files.ingest(path.read_bytes(), file_name=path.name, source=source, channel="file", kind=kind)
+        except QiaoError as error:
+            print(f"qiao ingest: {path}: {error.message}", file=sys.stderr)
+            return 2
+        for state, count in tally.counts.items():
+            counts[state] = counts.get(state, 0) + count
+        for outcome in tally.failures:
+            print(f"{outcome.message_id}\tfailed\t{outcome.location or ''}: {outcome.text}", file=sys.stderr)
     print(" ".join(f"{state} {count}" for state, count in sorted(counts.items())))
     return 1 if counts.get("failed") else 0
 

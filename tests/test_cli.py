@@ -76,3 +76,26 @@ def test_ingest_list_the_failed_and_replay_them(tmp_path: Path) -> None:
     assert len(listed) == 1 and "PID-8" in listed[0] and "sex" in listed[0]
     replayed = qiao("messages", "replay", listed[0].split("\t")[0])
     assert replayed.returncode == 1 and "PID-8" in replayed.stdout  # the code table is still unfixed: still failed
+
+
+def test_ingest_an_export_whose_kind_its_name_gives_or_the_operator_names(tmp_path: Path) -> None:
+    import orjson
+
+    from tests.ingest.test_rows import followup
+
+    env = {**os.environ, "QIAO_DATA_DIR": str(tmp_path), "QIAO_LOG_LEVEL": "WARNING"}
+    forms = tmp_path / "hypertension-2026-03.jsonl"
+    forms.write_bytes(orjson.dumps(followup()) + b"\n" + orjson.dumps(followup(form_id="HTN-2", classification="9")) + b"\n")
+    unnamed = tmp_path / "export.json"
+    unnamed.write_bytes(orjson.dumps([followup(form_id="HTN-3")]))
+
+    def qiao(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+
+    ingested = qiao("ingest", str(forms), "--source", "hepingli-public-health")
+    assert ingested.returncode == 1 and ingested.stdout.split() == ["failed", "1", "processed", "1"]
+    assert "classification" in ingested.stderr and "followup_classification" in ingested.stderr
+    refused = qiao("ingest", str(unnamed), "--source", "hepingli-public-health")
+    assert refused.returncode == 2 and "which kind of export" in refused.stderr
+    named = qiao("ingest", str(unnamed), "--source", "hepingli-public-health", "--kind", "hypertension-followup")
+    assert named.returncode == 0 and named.stdout.split() == ["processed", "1"]

@@ -28,11 +28,12 @@ class Identity:
     charset: str | None = None
 
 
-def record(raw: bytes, *, source: str, channel: str, adapter: str) -> int:
-    """Store the message as received, in its own transaction; returns its id."""
+def record(raw: bytes, *, source: str, channel: str, adapter: str, kind: str | None = None) -> int:
+    """Store the message as received, in its own transaction; returns its id. `kind` when the sender names it (an
+    export's rows); an HL7 v2 message says its own."""
     with db.transaction() as session:
         result = session.execute(insert(inbound_message).values(
-            source=source, channel=channel, adapter=adapter, received_at=dates.now(), raw=raw,
+            source=source, channel=channel, adapter=adapter, kind=kind, received_at=dates.now(), raw=raw,
             content_hash=hashlib.sha256(raw).hexdigest(), state=RECEIVED, attempts=0,
         ).returning(inbound_message.c.id))
         return int(result.scalar_one())
@@ -45,17 +46,26 @@ def load(session: Session, message_id: int) -> Row[Any]:
     return row
 
 
-def earlier_copy(session: Session, row: Row[Any], identity: Identity) -> int | None:
-    """An earlier message from the same source with the same control id (MSH-10) or the same bytes that was
-    applied. Serialised per source, so two copies arriving together are not both applied."""
+def earlier_copy(session: Session, row: Row[Any], identity: Identity, *, latest_of_key: bool = False) -> int | None:
+    """An earlier applied message from the same source that this one repeats. Serialised per source, so two copies
+    arriving together are not both applied.
+
+    HL7 v2: one with the same control id (MSH-10, a resend) or the same bytes. Export rows (`latest_of_key`), whose
+    control id is the record's key: the last one applied for that key, if it had the same bytes; so an unchanged row
+    of a daily dump is a duplicate, and a row changed back to what it once was is applied again."""
     db.lock_key(session, f"inbox:{row.source}")
+    earlier = [inbound_message.c.source == row.source, inbound_message.c.id != row.id, inbound_message.c.state == PROCESSED]
+    if latest_of_key and identity.control_id:
+        latest = session.execute(
+            select(inbound_message.c.id, inbound_message.c.content_hash)
+            .where(*earlier, inbound_message.c.control_id == identity.control_id)
+            .order_by(inbound_message.c.processed_at.desc(), inbound_message.c.id.desc()).limit(1)
+        ).first()
+        return int(latest.id) if latest is not None and latest.content_hash == row.content_hash else None
     same = inbound_message.c.content_hash == row.content_hash
     if identity.control_id:
         same = or_(same, inbound_message.c.control_id == identity.control_id)
-    found = session.execute(
-        select(inbound_message.c.id).where(inbound_message.c.source == row.source, inbound_message.c.id != row.id,
-                                           inbound_message.c.state == PROCESSED, same).order_by(inbound_message.c.id).limit(1)
-    ).scalar()
+    found = session.execute(select(inbound_message.c.id).where(*earlier, same).order_by(inbound_message.c.id).limit(1)).scalar()
     return int(found) if found is not None else None
 
 

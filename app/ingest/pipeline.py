@@ -1,15 +1,16 @@
-"""One inbound message, end to end: stored raw (committed) → parsed → mapped → applied with its Provenance and its
-new state in one transaction → acknowledged. A message that fails keeps its raw bytes and an OperationOutcome
+"""One inbound message (an HL7 v2 message, or one row of a CSV or JSON export), end to end: stored raw (committed)
+→ parsed → mapped → applied with its Provenance and its new state in one transaction → acknowledged. A message that fails keeps its raw bytes and an OperationOutcome
 saying which field or rule failed, and can be replayed after the mapping, a code table or the source is fixed."""
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from adapters.base import MessageError, SourceRecord
 from adapters.hl7v2 import ack as hl7_ack
 from adapters.hl7v2 import parse as hl7_parse
+from adapters.rows import parse as rows_parse
 from app import db
 from app.errors import Issue, QiaoError
 from app.fhir.outcomes import operation_outcome
@@ -21,7 +22,7 @@ from app.store import dates
 from app.store import repository as store
 
 log = logging.getLogger("qiao.ingest")
-HL7V2 = "hl7v2"
+HL7V2, ROWS = "hl7v2", "rows"
 UNKNOWN_SOURCE = "unknown"
 MESSAGE_SYSTEM = "urn:qiao:inbound-message"
 #: FHIR issue type of a failure → HL7 table 0357 condition code in the ACK's ERR segment
@@ -56,6 +57,18 @@ def receive_hl7v2(raw: bytes, *, channel: str, source: Source | None = None) -> 
     return process(message_id)
 
 
+def receive_row(raw: bytes, *, kind: str, channel: str, source: Source) -> Outcome:
+    """Store, then process, one row of an export (`adapters.rows.parse.split` made it) of the given kind."""
+    message_id = inbox.record(raw, source=source.name, channel=channel, adapter=ROWS, kind=kind)
+    return process(message_id)
+
+
+def keep_unreadable(raw: bytes, *, kind: str, channel: str, source: Source, error: MessageError) -> Outcome:
+    """A file that cannot even be split into rows (not JSON, no character set fits): kept whole, as failed."""
+    message_id = inbox.record(raw, source=source.name, channel=channel, adapter=ROWS, kind=kind)
+    return _fail(message_id, inbox.Identity(kind), None, error.message, error.location, error.issue, hl7_ack.ERROR)
+
+
 def _sender(raw: bytes) -> Source | None:
     try:
         return by_facility(hl7_parse.parse(raw).scope.get("MSH-4.1"))
@@ -67,11 +80,11 @@ def process(message_id: int) -> Outcome:
     """Parse, map and apply a stored message (its first time, or a replay); never raises for a bad message."""
     with db.read_session() as session:
         row = inbox.load(session, message_id)
-    identity = inbox.Identity()
+    identity = inbox.Identity(row.kind if row.adapter == ROWS else None)
     record: SourceRecord | None = None
     source = sources().get(row.source)
     try:
-        record = hl7_parse.parse(row.raw, default_charset=source.charset if source else None)
+        record = _parse(row, source)
         identity = inbox.Identity(record.kind, record.control_id, record.charset)
         if source is None:
             raise MessageError(f"MSH-4 names no configured source (sources file: {row.source!r} unknown)", "MSH-4", "not-supported")
@@ -91,10 +104,19 @@ def process(message_id: int) -> Outcome:
                      None, "exception", hl7_ack.ERROR)
 
 
+def _parse(row: Any, source: Source | None) -> SourceRecord:
+    charset = source.charset if source else None
+    if row.adapter == ROWS:
+        return rows_parse.parse(row.raw, kind=row.kind, default_charset=charset)
+    return hl7_parse.parse(row.raw, default_charset=charset)
+
+
 def _apply(row: Any, record: SourceRecord, source: Source, identity: inbox.Identity) -> Outcome:
-    mapping = engine.find(row.adapter, record.kind)
+    mapping = engine.find(row.adapter, record.kind, where="MSH-9" if row.adapter == HL7V2 else "kind")
+    if mapping.key:
+        identity = replace(identity, control_id=engine.record_key(mapping, record))
     with db.transaction() as session:
-        earlier = inbox.earlier_copy(session, row, identity)
+        earlier = inbox.earlier_copy(session, row, identity, latest_of_key=row.adapter == ROWS)
         if earlier is not None:
             inbox.mark(session, row.id, inbox.DUPLICATE, identity, duplicate_of=earlier)
             log.info("ingest.duplicate", extra=fields(inbox_id=row.id, duplicate_of=earlier))

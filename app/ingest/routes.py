@@ -1,4 +1,5 @@
-"""HTTP for inbound messages: post an HL7 v2 message (answered with its ACK), list, inspect and replay messages.
+"""HTTP for inbound messages: post an HL7 v2 message (answered with its ACK) or an export file (answered with what
+became of its rows), list, inspect and replay messages.
 
 Sending is creating data for the source's Organization: it needs `system/MessageHeader.c` and a client of that
 Organization; listing needs `.r`, replaying `.u` (the operator's token has all three)."""
@@ -15,7 +16,7 @@ from app.auth import policy
 from app.auth.access import PrincipalDep
 from app.auth.principal import Principal
 from app.errors import Forbidden, InvalidRequest
-from app.ingest import inbox, pipeline
+from app.ingest import files, inbox, pipeline
 from app.ingest.sources import Source, sources
 
 router = APIRouter(prefix="/ingest")
@@ -35,6 +36,21 @@ async def post_hl7v2(request: Request, principal: PrincipalDep, source: Annotate
     charset = outcome.record.charset if outcome.record and outcome.record.charset else "utf-8"
     return Response(outcome.ack(), status_code=_STATUS[outcome.ack_code], media_type=f"{ER7}; charset={charset}",
                     headers={"Location": f"{request.base_url}ingest/messages/{outcome.message_id}"})
+
+
+@router.post("/files")
+async def post_file(request: Request, principal: PrincipalDep, source: Annotated[str, Query()],
+                    name: Annotated[str, Query(description="the file's name: its extension is the format, its name may give the kind")],
+                    kind: str | None = None) -> JSONResponse:
+    """Store and process a file as `qiao ingest` does; 200 when every message was applied (or a duplicate), else 422
+    with the failed ones (kept: fix and replay them)."""
+    sender = _source_for(principal, source)
+    data = await request.body()
+    if not data:
+        raise InvalidRequest("the body must be the file's content", expression=["body"])
+    tally = await run_in_threadpool(files.ingest, data, file_name=name, source=sender, channel="http", kind=kind)
+    failed = [{"id": o.message_id, "location": o.location, "diagnostics": o.text} for o in tally.failures]
+    return JSONResponse({"counts": tally.counts, "failed": failed}, status_code=422 if failed else 200)
 
 
 @router.get("/messages")

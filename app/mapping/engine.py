@@ -1,9 +1,11 @@
 """The one mapping engine: a mapping file (mappings/<source kind>/<name>.yaml) turns a SourceRecord into FHIR resources.
 
-A mapping lists resources; each has a `type`, an `id` (the source values that identify it: the resource id is a
-uuid5 of the source, the type and those values, so a resend or replay updates the same resource), optionally
+A mapping lists resources; each has a `type`, an `id` (the source values that identify it, and constants such as
+`{const: weight}` to tell apart resources of one type from one record: the resource id is a uuid5 of the source, the
+type and those values, so a resend or replay updates the same resource), optionally
 `when` (a path that must have a value) and `each` (one resource per segment or repetition), and `content`: the
-resource as a template; `create_only: true` makes it only if it does not exist yet, `amend: true` only changes it
+resource as a template; `fixed` elements every such resource has as written (the content's own win: a follow-up
+form's Condition is I10 unless the form names a code); `create_only: true` makes it only if it does not exist yet, `amend: true` only changes it
 if it exists (the template's elements replace its own; the rest stays). In a template:
 
     "PID-5.1"                      a path: the value in the source record (adapters define the path syntax)
@@ -45,6 +47,7 @@ class Mapping:
     version: str
     kinds: tuple[str, ...]
     resources: tuple[dict[str, Any], ...]
+    key: tuple[str, ...] = ()  # the paths naming the source record a row is a version of (export rows)
 
     @property
     def label(self) -> str:
@@ -78,19 +81,35 @@ def mappings(directory: Path | None = None) -> dict[tuple[str, str], Mapping]:
         if path.parent.name == "codes":
             continue
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        mapping = Mapping(f"{path.parent.name}/{path.stem}", str(data["version"]), tuple(data["kinds"]), tuple(data["resources"]))
+        mapping = Mapping(f"{path.parent.name}/{path.stem}", str(data["version"]), tuple(data["kinds"]), tuple(data["resources"]),
+                          tuple(data.get("key", ())))
         for kind in mapping.kinds:
             found[(path.parent.name, kind)] = mapping
     return found
 
 
-def find(adapter: str, kind: str) -> Mapping:
+def find(adapter: str, kind: str, *, where: str = "kind") -> Mapping:
+    """The mapping for a kind of record; `where` names the field that carries the kind, for the error."""
     mapping = mappings().get((adapter, kind))
     if mapping is None:
-        supported = sorted(k for a, k in mappings() if a == adapter)
-        raise MessageError(f"no mapping for {kind} (supported: {', '.join(supported)})", "MSH-9", "not-supported")
+        raise MessageError(f"no mapping for {kind} (supported: {', '.join(kinds(adapter))})", where, "not-supported")
     return mapping
 
+
+def kinds(adapter: str) -> list[str]:
+    return sorted(k for a, k in mappings() if a == adapter)
+
+
+def record_key(mapping: Mapping, record: SourceRecord) -> str:
+    """Which source record the row is (its `key` values), as the inbound log's control id."""
+    values = []
+    for path in mapping.key:
+        value = record.scope.get(path)
+        if value is None:
+            raise MessageError(f"{path} is empty, but it identifies the record", path, "required")
+        values.append(value)
+    key = "|".join(values)
+    return key if len(key) <= 64 else uuid.uuid5(uuid.NAMESPACE_URL, key).hex
 
 def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> list[Produced]:
     """The resources the mapping makes from the record, in the mapping's order."""
@@ -107,7 +126,7 @@ def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> lis
     produced = []
     for spec, scope, resource_id in planned:
         content, _ = _evaluate(spec["content"], scope, run, spec["type"])
-        resource = {"resourceType": spec["type"], "id": resource_id, **(content or {})}
+        resource = {"resourceType": spec["type"], "id": resource_id, **spec.get("fixed", {}), **(content or {})}
         produced.append(Produced(spec["key"], spec["type"], resource_id, resource, bool(spec.get("create_only")), bool(spec.get("amend"))))
     return produced
 
@@ -115,6 +134,9 @@ def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> lis
 def _resource_id(spec: dict[str, Any], scope: Scope, source: dict[str, Any]) -> str:
     values = []
     for path in spec["id"]:
+        if isinstance(path, dict):  # {const: blood-pressure}: several resources of one type from one record
+            values.append(str(path["const"]))
+            continue
         value = scope.get(path)
         if value is None:
             raise MessageError(f"{path} is empty, but it identifies the {spec['type']}", path, "required")

@@ -132,3 +132,42 @@ def observation_value(value_type: str | None, value: str | None, unit: str | Non
 def first(*values: Any) -> Any:
     """The first value present."""
     return next((v for v in values if v is not None), None)
+
+
+_LOCAL_TIME = re.compile(r"^(\d{4})(?:[-/.年](\d{1,2})[-/.月](\d{1,2})日?|(\d{2})(\d{2}))(?:[ T](\d{1,2})[:：时](\d{2})(?:[:：分](\d{2}))?秒?)?$")
+
+
+@mapping_function
+def local_datetime(value: str | None) -> str | None:
+    """A date or time as exports write it (2026-03-05, 2026/3/5, 2026年3月5日, 20260305, with an optional 09:30[:00],
+    or ISO 8601 with an offset) → FHIR date or dateTime; a time without an offset is QIAO_TIMEZONE."""
+    if value is None:
+        return None
+    text = value.strip()
+    match = _LOCAL_TIME.match(text)
+    if match is None:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError as error:
+            raise ValueError(f"{value!r} is not a date (YYYY-MM-DD, YYYY/M/D, YYYY年M月D日, YYYYMMDD [HH:MM[:SS]])") from error
+        return moment.isoformat() if moment.tzinfo else local_datetime(moment.strftime("%Y-%m-%d %H:%M:%S"))
+    year, month, day, compact_month, compact_day, hour, minute, second = match.groups()
+    digits = f"{year}{int(month or compact_month):02d}{int(day or compact_day):02d}"
+    if hour is not None:
+        digits += f"{int(hour):02d}{minute}{second or '00'}"
+    return hl7_datetime(digits)
+
+
+@mapping_function
+def local_date(value: str | None) -> str | None:
+    """The date part of `local_datetime` (a birth date or a follow-up date exported with a time of 00:00)."""
+    moment = local_datetime(value)
+    return moment[:10] if moment else None
+
+
+@mapping_function
+def text(pattern: str, *values: Any) -> str | None:
+    """`pattern` with `{}` filled by the values in order (每日{}次，每次{}mg); absent when every value is."""
+    if all(v is None for v in values):
+        return None
+    return pattern.format(*("?" if v is None else v for v in values))

@@ -1,0 +1,1 @@
+"""CSV and JSON exports: one row, one inbound message."""
