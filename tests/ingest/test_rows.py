@@ -6,6 +6,8 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.mapping import codes
 from tests.ingest.test_hl7v2 import fhir
@@ -154,3 +156,23 @@ def test_an_export_of_no_known_kind_is_refused_before_anything_is_stored(client:
     assert response.status_code == 400 and "which kind of export" in response.json()["issue"][0]["diagnostics"]
     assert post_file(client, b"a,b\n1,2\n", "x.csv", kind="nonsense").status_code == 400
     assert client.get("/ingest/messages", params={"source": PUBLIC_HEALTH}).json()["messages"] == []
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_garbled_or_truncated_exports_never_crash_and_every_row_is_kept(client: TestClient, data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(["hypertension.csv", "hypertension.jsonl", "hypertension.json"]))
+    good = {"hypertension.csv": "form_id,record_no,visit_date,sbp,dbp,sex\nF1,R1,2026-03-05,150,95,1\nF2,R2,2026-03-06,130,80,2\n".encode("gb18030"),
+            "hypertension.jsonl": jsonl(followup(), followup(form_id="F2")), "hypertension.json": orjson.dumps([followup()])}[name]
+    damage = data.draw(st.sampled_from(["truncate", "flip", "random"]))
+    if damage == "truncate":
+        body = good[: data.draw(st.integers(1, len(good) - 1))]
+    elif damage == "flip":
+        position = data.draw(st.integers(0, len(good) - 1))
+        body = good[:position] + bytes([data.draw(st.integers(0, 255))]) + good[position + 1:]
+    else:
+        body = data.draw(st.binary(min_size=1, max_size=300))
+    response = post_file(client, body, name)
+    assert response.status_code in (200, 422), response.content
+    for failure in response.json()["failed"]:
+        assert client.get(f"/ingest/messages/{failure['id']}").json()["state"] == "failed"
