@@ -97,6 +97,7 @@ class Hl7Scope:
     message: Any
     current: dict[str, Any] = field(default_factory=dict)
     repetition: Repetition | None = None
+    by_id: dict[str, list[Any]] = field(default_factory=dict)  # the message's segments by id, shared by its scopes
 
     def get(self, path: str) -> str | None:
         if _RELATIVE.match(path):
@@ -112,15 +113,18 @@ class Hl7Scope:
 
     def each(self, path: str) -> list[Scope]:
         if re.fullmatch(r"[A-Z][A-Z0-9]{2}", path):
-            return [Hl7Scope(self.message, {**self.current, path: segment}) for segment in self._segments(path)]
+            return [Hl7Scope(self.message, {**self.current, path: segment}, None, self.by_id) for segment in self._segments(path)]
         match = _PATH.match(path)
         if match is None or match["select"] or match["rest"]:
             raise MessageError(f"each needs a segment (OBX) or a field (PID-13), not {path!r}", path)
         repetitions = self._repetitions(match["segment"], int(match["field"]))
-        return [Hl7Scope(self.message, self.current, r) for r in repetitions if any(any(c) for c in r)]
+        return [Hl7Scope(self.message, self.current, r, self.by_id) for r in repetitions if any(any(c) for c in r)]
 
     def _segments(self, segment_id: str) -> list[Any]:
-        return [s for s in self.message if str(s[0][0]) == segment_id]
+        if not self.by_id:
+            for segment in self.message:
+                self.by_id.setdefault(str(segment[0][0]), []).append(segment)
+        return self.by_id.get(segment_id, [])
 
     def _repetitions(self, segment_id: str, number: int) -> list[Repetition]:
         segment = self.current.get(segment_id)

@@ -47,13 +47,15 @@ def load(session: Session, message_id: int) -> Row[Any]:
 
 
 def earlier_copy(session: Session, row: Row[Any], identity: Identity, *, latest_of_key: bool = False) -> int | None:
-    """An earlier applied message from the same source that this one repeats. Serialised per source, so two copies
-    arriving together are not both applied.
+    """An earlier applied message from the same source that this one repeats. Messages with the same bytes or the
+    same control id are serialised (locks on those, until commit), so two copies arriving together are not both
+    applied, and different messages of one source are applied in parallel.
 
     HL7 v2: one with the same control id (MSH-10, a resend) or the same bytes. Export rows (`latest_of_key`), whose
     control id is the record's key: the last one applied for that key, if it had the same bytes; so an unchanged row
     of a daily dump is a duplicate, and a row changed back to what it once was is applied again."""
-    db.lock_key(session, f"inbox:{row.source}")
+    db.lock_keys(session, [f"inbox:{row.source}:bytes:{row.content_hash}",
+                           *([f"inbox:{row.source}:id:{identity.control_id}"] if identity.control_id else [])])
     earlier = [inbound_message.c.source == row.source, inbound_message.c.id != row.id, inbound_message.c.state == PROCESSED]
     if latest_of_key and identity.control_id:
         latest = session.execute(

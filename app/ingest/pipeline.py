@@ -131,9 +131,13 @@ def _apply(row: Any, record: SourceRecord, source: Source, identity: inbox.Ident
 
 
 def _plan(session: Any, produced: list[engine.Produced], source: Source) -> list[store.Write]:
+    found: dict[tuple[str, str], store.Current] = {}
+    for resource_type in dict.fromkeys(item.resource_type for item in produced):  # one query (and lock) per type
+        ids = [item.resource_id for item in produced if item.resource_type == resource_type]
+        found.update(((resource_type, i), c) for i, c in store.current_many(session, resource_type, ids, lock=True).items())
     writes = []
     for item in produced:
-        current = store.current(session, item.resource_type, item.resource_id, lock=True)
+        current = found.get((item.resource_type, item.resource_id))
         exists = current is not None and not current.deleted
         if (item.create_only and exists) or (item.amend and not exists):
             continue
