@@ -1,7 +1,22 @@
 """What every adapter hands the mapping engine: a record whose values are read by path, and the errors it raises."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
+
+BOM = b"\xef\xbb\xbf"
+#: tried in this order when nothing says which character set: GB18030 also reads GBK and GB2312
+DETECTED = ("utf-8", "gb18030")
+
+
+def decode_first(body: bytes, candidates: Iterable[str]) -> tuple[str, str] | None:
+    """The text and codec of the first candidate that decodes the bytes strictly; None when none does."""
+    for codec in dict.fromkeys(candidates):
+        try:
+            return body.decode(codec), codec
+        except (UnicodeDecodeError, LookupError):
+            continue
+    return None
 
 
 class Scope(Protocol):

@@ -16,9 +16,8 @@ from typing import Any
 
 import hl7
 
-from adapters.base import MessageError, Scope, SourceRecord
+from adapters.base import BOM, DETECTED, MessageError, Scope, SourceRecord, decode_first
 
-BOM = b"\xef\xbb\xbf"
 #: HL7 table 0211 (MSH-18) → Python codec; GB2312 and GBK arrive labelled in many ways and GB18030 decodes them all.
 CHARSETS = {
     "UNICODE UTF-8": "utf-8", "UTF-8": "utf-8", "UTF8": "utf-8", "UNICODE": "utf-8",
@@ -26,7 +25,6 @@ CHARSETS = {
     "GB 2312": "gb18030", "ISO IR58": "gb18030", "CNS 11643-1992": "big5", "BIG-5": "big5",
     "ASCII": "ascii", "8859/1": "latin-1",
 }
-DETECTED = ("utf-8", "gb18030")
 _PATH = re.compile(r"^(?P<segment>[A-Z][A-Z0-9]{2})-(?P<field>\d+)(?:\[(?P<select>[^\]]+)\])?(?P<rest>(?:\.\d+){0,2})$")
 _RELATIVE = re.compile(r"^(?:\.\d+){1,2}$")
 Repetition = list[list[str]]  # components, each a list of subcomponents
@@ -48,7 +46,7 @@ def parse(raw: bytes, *, default_charset: str | None = None) -> SourceRecord:
 
 def split_batch(data: bytes) -> list[bytes]:
     """The messages of a file: each starts at an MSH segment (batch headers FHS/BHS and trailers are dropped)."""
-    body = data[len(BOM):] if data.startswith(BOM) else data
+    body = data.removeprefix(BOM)
     starts = [m.start() for m in re.finditer(rb"(?:^|(?<=[\r\n]))MSH", body)]
     messages = [body[a:b] for a, b in zip(starts, [*starts[1:], len(body)], strict=True)]
     return [re.split(rb"[\r\n](?:BTS|FTS)", m)[0] for m in messages if m.strip()]
@@ -57,18 +55,14 @@ def split_batch(data: bytes) -> list[bytes]:
 def decode(raw: bytes, *, default_charset: str | None = None) -> tuple[str, str]:
     """The message as text with CR segment ends, and the codec used: MSH-18 when it names a character set the bytes
     are valid in, else the source's default, else the first of UTF-8, GB18030 that decodes strictly."""
-    body = raw[len(BOM):] if raw.startswith(BOM) else raw
+    body = raw.removeprefix(BOM)
     body = body.strip(b"\x00\t\n\r\x0b\x1c ")
     if not body.startswith(b"MSH") or len(body) < 8:
         raise MessageError("not an HL7 v2 message: it must begin with an MSH segment", "MSH", "structure")
     declared = CHARSETS.get(_declared_charset(body).upper())
-    candidates = [c for c in (declared, "utf-8" if raw.startswith(BOM) else None, default_charset, *DETECTED) if c]
-    for codec in dict.fromkeys(candidates):
-        try:
-            text = body.decode(codec)
-        except (UnicodeDecodeError, LookupError):
-            continue
-        return _segments(text), codec
+    decoded = decode_first(body, [c for c in (declared, "utf-8" if raw.startswith(BOM) else None, default_charset, *DETECTED) if c])
+    if decoded is not None:
+        return _segments(decoded[0]), decoded[1]
     raise MessageError("the message is in no known character set (tried MSH-18, the source's default, UTF-8, GB18030)",
                        "MSH-18", "structure")
 

@@ -20,10 +20,8 @@ from typing import Any
 
 import orjson
 
-from adapters.base import MessageError, Scope, SourceRecord
+from adapters.base import BOM, DETECTED, MessageError, Scope, SourceRecord, decode_first
 
-BOM = b"\xef\xbb\xbf"
-DETECTED = ("utf-8", "gb18030")
 CSV, JSON = "csv", "json"
 _SEPARATORS = re.compile(r"[,;|、，；]")
 
@@ -32,10 +30,7 @@ def parse(raw: bytes, *, kind: str, default_charset: str | None = None) -> Sourc
     """One stored row (CSV header + row, or one JSON object) of the given kind."""
     text, charset = decode(raw, default_charset=default_charset)
     if text.lstrip().startswith("{"):
-        try:
-            values = orjson.loads(text)
-        except orjson.JSONDecodeError as error:
-            raise MessageError(f"the row is not valid JSON: {error}", "row", "structure") from error
+        values = _json(text, "row")
     else:
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
         if len(rows) != 1:
@@ -54,26 +49,27 @@ def split(data: bytes, *, file_format: str, default_charset: str | None = None) 
         return _csv_rows(data, default_charset)
     text, _ = decode(data, default_charset=default_charset)
     if text.lstrip().startswith("["):
-        try:
-            items = orjson.loads(text)
-        except orjson.JSONDecodeError as error:
-            raise MessageError(f"the file is not a JSON array: {error}", "file", "structure") from error
-        return [orjson.dumps(item) for item in items]
-    body = data[len(BOM):] if data.startswith(BOM) else data
+        return [orjson.dumps(item) for item in _json(text, "file")]
+    body = data.removeprefix(BOM)
     return [line.strip() for line in body.splitlines() if line.strip()]  # JSON Lines: each line kept as sent
 
 
 def decode(raw: bytes, *, default_charset: str | None = None) -> tuple[str, str]:
     """Text and the codec used: UTF-8 when a BOM says so, else the source's character set, else the first of
     UTF-8 and GB18030 (which reads GBK and GB2312, what Chinese Excel and HIS dumps write) that decodes strictly."""
-    body = raw[len(BOM):] if raw.startswith(BOM) else raw
+    body = raw.removeprefix(BOM)
     candidates = ["utf-8"] if raw.startswith(BOM) else [c for c in (default_charset, *DETECTED) if c]
-    for codec in dict.fromkeys(candidates):
-        try:
-            return body.decode(codec), codec
-        except (UnicodeDecodeError, LookupError):
-            continue
-    raise MessageError(f"the row is in none of the character sets tried ({', '.join(dict.fromkeys(candidates))})", "row", "structure")
+    decoded = decode_first(body, candidates)
+    if decoded is None:
+        raise MessageError(f"the row is in none of the character sets tried ({', '.join(dict.fromkeys(candidates))})", "row", "structure")
+    return decoded
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise MessageError(f"the {where} is not valid JSON: {error}", where, "structure") from error
 
 
 def _csv_rows(data: bytes, default_charset: str | None) -> list[bytes]:

@@ -1,6 +1,6 @@
 """One inbound message (an HL7 v2 message, or one row of a CSV or JSON export), end to end: stored raw (committed)
-→ parsed → mapped → applied with its Provenance and its new state in one transaction → acknowledged. A message that fails keeps its raw bytes and an OperationOutcome
-saying which field or rule failed, and can be replayed after the mapping, a code table or the source is fixed."""
+→ parsed → mapped → applied with its Provenance and its new state in one transaction → acknowledged. A message that
+fails keeps its raw bytes and an OperationOutcome saying which field or rule failed, and can be replayed after the mapping, a code table or the source is fixed."""
 
 import logging
 import uuid

@@ -5,8 +5,8 @@ A mapping lists resources; each has a `type`, an `id` (the source values that id
 type and those values, so a resend or replay updates the same resource), optionally
 `when` (a path that must have a value) and `each` (one resource per segment or repetition), and `content`: the
 resource as a template; `fixed` elements every such resource has as written (the content's own win: a follow-up
-form's Condition is I10 unless the form names a code); `create_only: true` makes it only if it does not exist yet, `amend: true` only changes it
-if it exists (the template's elements replace its own; the rest stays). In a template:
+form's Condition is I10 unless the form names a code); `create_only: true` makes it only if it does not exist yet,
+`amend: true` only changes it if it exists (the template's elements replace its own; the rest stays). In a template:
 
     "PID-5.1"                      a path: the value in the source record (adapters define the path syntax)
     {const: male}                  a constant
@@ -25,7 +25,7 @@ element names (`code` is an operator only with `from`), so a template object is 
 """
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -102,13 +102,7 @@ def kinds(adapter: str) -> list[str]:
 
 def record_key(mapping: Mapping, record: SourceRecord) -> str:
     """Which source record the row is (its `key` values), as the inbound log's control id."""
-    values = []
-    for path in mapping.key:
-        value = record.scope.get(path)
-        if value is None:
-            raise MessageError(f"{path} is empty, but it identifies the record", path, "required")
-        values.append(value)
-    key = "|".join(values)
+    key = "|".join(_identifying(mapping.key, record.scope, "the record"))
     return key if len(key) <= 64 else uuid.uuid5(uuid.NAMESPACE_URL, key).hex
 
 def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> list[Produced]:
@@ -132,16 +126,23 @@ def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> lis
 
 
 def _resource_id(spec: dict[str, Any], scope: Scope, source: dict[str, Any]) -> str:
+    values = _identifying(spec["id"], scope, f"the {spec['type']}")
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:qiao:{source['name']}:{spec['type']}:{'|'.join(values)}"))
+
+
+def _identifying(paths: Iterable[Any], scope: Scope, what: str) -> list[str]:
+    """The values at the paths, each required; a `{const: …}` item is itself (several resources of one type from one
+    record: the blood pressure and the weight of one form)."""
     values = []
-    for path in spec["id"]:
-        if isinstance(path, dict):  # {const: blood-pressure}: several resources of one type from one record
+    for path in paths:
+        if isinstance(path, dict):
             values.append(str(path["const"]))
             continue
         value = scope.get(path)
         if value is None:
-            raise MessageError(f"{path} is empty, but it identifies the {spec['type']}", path, "required")
+            raise MessageError(f"{path} is empty, but it identifies {what}", path, "required")
         values.append(value)
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:qiao:{source['name']}:{spec['type']}:{'|'.join(values)}"))
+    return values
 
 
 def _evaluate(template: Any, scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
