@@ -10,12 +10,17 @@ DETECTED = ("utf-8", "gb18030")
 
 
 def decode_first(body: bytes, candidates: Iterable[str]) -> tuple[str, str] | None:
-    """The text and codec of the first candidate that decodes the bytes strictly; None when none does."""
+    """The text and codec of the first candidate that decodes the bytes strictly; None when none does. A NUL
+    character is refused: no text format allows it and PostgreSQL cannot store it in a text column."""
     for codec in dict.fromkeys(candidates):
         try:
-            return body.decode(codec), codec
+            text = body.decode(codec)
         except (UnicodeDecodeError, LookupError):
             continue
+        nul = text.find("\x00")
+        if nul >= 0:
+            raise MessageError(f"character {nul + 1} is NUL (0x00), which a text message may not contain", "message", "structure")
+        return text, codec
     return None
 
 

@@ -67,8 +67,9 @@ def earlier_copy(session: Session, row: Row[Any], identity: Identity, *, latest_
     same = inbound_message.c.content_hash == row.content_hash
     if identity.control_id:
         same = or_(same, inbound_message.c.control_id == identity.control_id)
-    found = session.execute(select(inbound_message.c.id).where(*earlier, same).order_by(inbound_message.c.id).limit(1)).scalar()
-    return int(found) if found is not None else None
+    # no ORDER BY id LIMIT 1: PostgreSQL then walks (state, id) through every processed message looking for one
+    found = session.scalars(select(inbound_message.c.id).where(*earlier, same)).all()
+    return min(found) if found else None
 
 
 def mark(session: Session, message_id: int, state: str, identity: Identity, *, error: dict[str, Any] | None = None,

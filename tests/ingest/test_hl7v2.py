@@ -125,6 +125,14 @@ def test_what_is_not_hl7_is_rejected_and_still_kept(client: TestClient) -> None:
     assert kept[0]["error"]["issue"][0]["expression"] == ["MSH"]
 
 
+def test_a_nul_byte_is_refused_with_its_position_and_the_message_kept(client: TestClient) -> None:
+    message = adt(control_id="MSG0042").encode("gb18030").replace(b"MSG0042", b"\x00SG0042")
+    response = post(client, message)
+    assert response.status_code == 400 and msa(response.content, "gb18030")[1] == "AR"
+    kept = client.get("/ingest/messages", params={"state": "failed", "source": HOSPITAL}).json()["messages"]
+    assert "NUL" in kept[0]["error"]["issue"][0]["diagnostics"]
+
+
 def test_an_unknown_message_type_is_rejected_with_its_reason(client: TestClient) -> None:
     message = adt().replace("ADT^A04^ADT_A01", "ADT^A99^ADT_A01")
     response = post(client, message.encode("gb18030"))
