@@ -15,12 +15,17 @@ form's Condition is I10 unless the form names a code); `create_only: true` makes
                                    unless `optional: true` (then absent); `default:` when the field is empty
     {fn: hl7_date, args: [PID-7]}  a named function (app/mapping/functions.py)
     {ref: patient}                 a Reference to another resource of this mapping (`refs`: to all of them)
-    {each: PID-13, as: {...}}      one list item per repetition, paths inside relative to it (".1")
+    {ref: role, id: [.staff_id]}   a Reference to the resource of that key these values identify (its `id` paths read
+                                   here): one of several made by `each`, or one another record makes (a renewed
+                                   contract's predecessor); it may name a resource not stored yet
+    {each: PID-13, as: {...}}      one list item per repetition, paths inside relative to it (".1"); as an item of a
+                                   list, its items join that list's (a constant coding, then one per service package)
     merge: {fn: ...}               (a key) the function's object is merged into the enclosing object
 
-An object or list item that ends up with no value from the source (only constants and configured attributes) is
-dropped, so "identifier: [{system: {const: X}, value: PID-3.1}]" yields nothing when PID-3 is empty; a reference
-counts as a value, since the resource it names was identified by the source. Operator keys are not FHIR
+An object that ends up with no value from the source (only constants and configured attributes) is dropped, so
+"identifier: [{system: {const: X}, value: PID-3.1}]" yields nothing when PID-3 is empty; a reference counts as a
+value, since the resource it names was identified by the source. A list keeps its constant items (`performer:
+[{configured: organization_reference}]`, a constant type coding before one per package): it goes with its object. Operator keys are not FHIR
 element names (`code` is an operator only with `from`), so a template object is never mistaken for one.
 """
 
@@ -126,8 +131,15 @@ def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> lis
 
 
 def _resource_id(spec: dict[str, Any], scope: Scope, source: dict[str, Any]) -> str:
-    values = _identifying(spec["id"], scope, f"the {spec['type']}")
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:qiao:{source['name']}:{spec['type']}:{'|'.join(values)}"))
+    return _uuid(source, spec["type"], _identifying(spec["id"], scope, f"the {spec['type']}"))
+
+
+def _uuid(source: dict[str, Any], resource_type: str, values: list[str]) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:qiao:{source['name']}:{resource_type}:{'|'.join(values)}"))
+
+
+def _optional(path: Any, scope: Scope) -> str | None:
+    return str(path["const"]) if isinstance(path, dict) else scope.get(path)
 
 
 def _identifying(paths: Iterable[Any], scope: Scope, what: str) -> list[str]:
@@ -135,10 +147,7 @@ def _identifying(paths: Iterable[Any], scope: Scope, what: str) -> list[str]:
     record: the blood pressure and the weight of one form)."""
     values = []
     for path in paths:
-        if isinstance(path, dict):
-            values.append(str(path["const"]))
-            continue
-        value = scope.get(path)
+        value = _optional(path, scope)
         if value is None:
             raise MessageError(f"{path} is empty, but it identifies {what}", path, "required")
         values.append(value)
@@ -151,9 +160,13 @@ def _evaluate(template: Any, scope: Scope, run: _Run, where: str) -> tuple[Any, 
         value = scope.get(template)
         return value, value is not None
     if isinstance(template, list):
-        items = [_evaluate(item, scope, run, f"{where}[{i}]") for i, item in enumerate(template)]
-        kept = [value for value, sourced in items if value is not None and sourced]
-        return (kept or None), bool(kept)
+        kept, sourced = [], False
+        for i, item in enumerate(template):
+            value, from_source = _evaluate(item, scope, run, f"{where}[{i}]")
+            if value is not None:
+                kept.extend(value if isinstance(item, dict) and "each" in item else [value])
+                sourced = sourced or from_source
+        return (kept or None), sourced
     if isinstance(template, dict):
         operator = next((k for k in _OPERATORS if k in template), None)
         if operator is not None and (operator != "code" or "from" in template):  # FHIR has `code` elements too
@@ -220,6 +233,13 @@ def _reference(template: dict[str, Any], scope: Scope, run: _Run, where: str) ->
     key = template.get("ref") or template["refs"]
     if key not in run.types:
         raise MessageError(f"mapping error at {where}: no resource with key {key!r}")
+    if "id" in template:
+        found = [_optional(path, scope) for path in template["id"]]
+        values = [v for v in found if v is not None]
+        if len(values) < len(found):
+            return None, False
+        resource_id = _uuid(run.source, run.types[key], values)
+        return {"reference": f"{run.types[key]}/{resource_id}"}, True
     references = [{"reference": f"{run.types[key]}/{i}"} for i in run.ids.get(key, [])]
     if "refs" in template:
         return (references or None), bool(references)
