@@ -160,7 +160,8 @@ def _evaluate(template: Any, scope: Scope, run: _Run, where: str) -> tuple[Any, 
         value = scope.get(template)
         return value, value is not None
     if isinstance(template, list):
-        kept, sourced = [], False
+        kept: list[Any] = []
+        sourced = False
         for i, item in enumerate(template):
             value, from_source = _evaluate(item, scope, run, f"{where}[{i}]")
             if value is not None:
