@@ -29,6 +29,7 @@ from app.fhir.outcomes import from_error, operation_outcome
 from app.ingest import pipeline
 from app.ingest import routes as ingest_routes
 from app.logging import fields
+from app.mapping import routes as mapping_routes
 from app.mpi import routes as mpi_routes
 from app.periodic import Periodic
 from app.subscriptions import delivery, outbox
@@ -83,6 +84,7 @@ def create_app() -> FastAPI:
     app.include_router(subscription_routes.router)  # likewise /fhir/Subscription/{id}/$status
     app.include_router(cdc_routes.analyst_router)
     app.include_router(cdc_routes.router)  # likewise /fhir/Group/hypertension-registry (composed when read)
+    app.include_router(mapping_routes.router)  # likewise /fhir/ConceptMap/{id} (the code tables, not stored)
     app.include_router(bulk_routes.router)  # likewise /fhir/$export, /fhir/Group/{id}/$export and /fhir/bulk/…
     app.include_router(fhir_routes.router)
     app.include_router(ingest_routes.router)

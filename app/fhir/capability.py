@@ -93,12 +93,19 @@ def _declare_bulk_export(rest_resources: list[dict[str, Any]]) -> None:
 
 
 def _declare_measures(rest_resources: list[dict[str, Any]]) -> None:
-    """Measures are Qiao's indicators: read, listed and evaluated, never written."""
-    measure = next(r for r in rest_resources if r["type"] == "Measure")
-    measure["interaction"] = [{"code": "read"}, {"code": "search-type"}]
-    for element in ("versioning", "readHistory", "updateCreate", "conditionalCreate", "conditionalUpdate", "conditionalDelete"):
-        measure.pop(element, None)
-    measure["operation"] = [{"name": "evaluate-measure", "definition": "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure"}]
+    """Measures are Qiao's indicators and ConceptMaps its code tables: read, listed and used, never written."""
+    for resource_type, operation, search in (
+        ("Measure", "evaluate-measure", None),
+        ("ConceptMap", "translate", [("url", "uri"), ("name", "string"), ("source-system", "uri"), ("target-system", "uri")]),
+    ):
+        declared = next(r for r in rest_resources if r["type"] == resource_type)
+        declared["interaction"] = [{"code": "read"}, {"code": "search-type"}]
+        for element in ("versioning", "readHistory", "updateCreate", "conditionalCreate", "conditionalUpdate", "conditionalDelete",
+                        "searchInclude", "searchRevInclude"):
+            declared.pop(element, None)
+        if search is not None:
+            declared["searchParam"] = [{"name": name, "type": kind} for name, kind in search]
+        declared["operation"] = [{"name": operation, "definition": f"http://hl7.org/fhir/OperationDefinition/{resource_type}-{operation}"}]
 
 
 def capability_statement(base: str) -> dict[str, Any]:

@@ -19,9 +19,11 @@ def pairs(body: Any) -> list[tuple[str, str]]:
         if not isinstance(name, str) or len(values) != 1:
             raise InvalidRequest("each parameter needs a name and one value[x]", expression=[f"Parameters.parameter[{i}]"])
         value = values[0]
+        if isinstance(value, bool):  # valueBoolean, as a URL would say it
+            value = "true" if value else "false"
         if isinstance(value, dict):
             value = value.get("reference")
-        if isinstance(value, bool) or not isinstance(value, str | int):
+        if not isinstance(value, str | int):
             raise InvalidRequest(f"parameter {name!r} has no usable value", expression=[f"Parameters.parameter[{i}]"])
         found.append((name, str(value)))
     return found

@@ -1,6 +1,6 @@
 """Code tables (mappings/codes/*.yaml): a source's local codes → standard codes (GB/T 2261.1, ICD-10, LOINC …).
 
-Each table is data a steward can review; publishing them as FHIR ConceptMaps with `$translate` is still to do.
+Each table is data a steward can review; other systems read the same tables as FHIR ConceptMaps (concept_maps.py).
 """
 
 from dataclasses import dataclass
