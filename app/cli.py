@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("clock", help="run once the work that falls due with time (a running server does every clock_seconds)")
 
+    demo_parser = commands.add_parser("demo", help="write a synthetic community's feeds and play them through the adapters")
+    demo_parser.add_argument("--out", type=Path, default=Path("demo-feeds"), help="where the feeds are written (default ./demo-feeds)")
+    demo_parser.add_argument("--residents", type=int, default=30)
+
     indicators_parser = commands.add_parser("indicators", help="a year's quality indicators for a district, as a table")
     indicators_parser.add_argument("--year", type=int, required=True)
     indicators_parser.add_argument("--district", help="a GB/T 2260 county code (6 digits); default: every district")
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return indicator_table(args)
     if args.command == "clock":
         return run_clock()
+    if args.command == "demo":
+        return play_demo(args.out, args.residents)
     if args.command == "mpi":
         if args.mpi_command == "rebuild":
             return rebuild_index()
@@ -393,6 +399,32 @@ def run_clock() -> int:
     for name, changed in clock.run().items():
         print(f"{name}\t" + ("not run: another process holds it, or older writes are still open" if changed is None else f"changed {changed}"))
     return 0
+
+
+def play_demo(out: Path, count: int) -> int:
+    """The feeds through `ingest`, as an operator would play them, then what Qiao made of them."""
+    from sqlalchemy import func, select
+
+    from app import db, demo
+    from app.mpi.tables import mpi_record, mpi_review
+    from app.store.tables import resource
+
+    failed = 0
+    for source, path in demo.write_feeds(out, demo.residents(count)):
+        print(f"{path}  ({source})", end="  ", flush=True)
+        failed += ingest([path], source, None)
+    with db.transaction() as session:
+        made: dict[str, int] = {row.res_type: row.n for row in session.execute(
+            select(resource.c.res_type, func.count().label("n")).where(~resource.c.deleted).group_by(resource.c.res_type))}
+        records = session.scalar(select(func.count()).select_from(mpi_record))
+        masters = session.scalar(select(func.count(func.distinct(mpi_record.c.master_id))))
+        review = session.scalar(select(func.count()).where(mpi_review.c.status == "open"))
+    print(f"\n{records} source Patient records of {count} residents → {masters} master residents, {review} pairs for review")
+    print(", ".join(f"{n} {t}" for t, n in sorted(made.items()) if t != "Patient"))
+    print("\nNext: qiao serve, then (TOKEN=$(qiao token --scope 'system/*.rs')) for example\n"
+          "  curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8080/fhir/Group/hypertension-registry\n"
+          "  curl -H \"Authorization: Bearer $TOKEN\" 'http://127.0.0.1:8080/fhir/EpisodeOfCare?type=urn:qiao:care-programme|family-doctor'")
+    return 1 if failed else 0
 
 
 def indicator_table(args: argparse.Namespace) -> int:

@@ -99,3 +99,13 @@ def test_ingest_an_export_whose_kind_its_name_gives_or_the_operator_names(tmp_pa
     assert refused.returncode == 2 and "which kind of export" in refused.stderr
     named = qiao("ingest", str(unnamed), "--source", "hepingli-public-health", "--kind", "hypertension-followup")
     assert named.returncode == 0 and named.stdout.split() == ["processed", "1"]
+
+
+def test_demo_plays_a_community_s_feeds_and_links_each_resident_once(tmp_path: Path) -> None:
+    env = {**os.environ, "QIAO_DATA_DIR": str(tmp_path), "QIAO_LOG_LEVEL": "WARNING"}
+    result = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--out", str(tmp_path / "feeds"), "--residents", "12"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "36 source Patient records of 12 residents → 12 master residents, 0 pairs for review" in result.stdout
+    assert (tmp_path / "feeds" / "dongcheng-hospital" / "admissions-and-results.hl7").read_bytes().decode("gb18030").startswith("MSH|")
+    assert "failed" not in result.stdout
