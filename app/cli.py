@@ -409,8 +409,13 @@ def play_demo(out: Path, count: int) -> int:
     from app.mpi.tables import mpi_record, mpi_review
     from app.store.tables import resource
 
+    try:
+        people = demo.residents(count)
+    except ValueError as error:
+        print(f"qiao demo: {error}", file=sys.stderr)
+        return 2
     failed = 0
-    for source, path in demo.write_feeds(out, demo.residents(count)):
+    for source, path in demo.write_feeds(out, people):
         print(f"{path}  ({source})", end="  ", flush=True)
         failed += ingest([path], source, None)
     with db.transaction() as session:

@@ -38,7 +38,7 @@ class Resident:
 
     @property
     def id_number(self) -> str:
-        body = f"110101{self.born:%Y%m%d}{self.n % 50 * 2 + (1 if self.sex == '1' else 0):03d}"
+        body = f"110101{self.born:%Y%m%d}{self.n * 2 + (1 if self.sex == '1' else 0):03d}"  # n ≤ 499: each number issued once
         return body + check_character(body)
 
     @property
@@ -47,6 +47,8 @@ class Resident:
 
 
 def residents(count: int, seed: int = 2026) -> list[Resident]:
+    if not 1 <= count <= 499:
+        raise ValueError("the demo's ID numbers give up to 499 residents")  # beyond, two people would share one
     rng = random.Random(seed)
     return [Resident(n, rng.choice(SURNAMES), "".join(rng.choices(GIVEN, k=2)), rng.choice("12"),
                      date(rng.randint(1940, 1980), rng.randint(1, 12), rng.randint(1, 28)), f"139{rng.randint(0, 99999999):08d}",
@@ -102,8 +104,8 @@ def _contract(r: Resident) -> dict[str, object]:
 
 
 def _hl7(people: list[Resident]) -> bytes:
-    """Every third resident visits the hospital: ADT^A04, then ORU^R01 with blood pressure and glucose. The
-    hospital's clerk types a homophone in some names (章 for 张 is caught by pinyin; here the given name)."""
+    """Every third resident visits the hospital: ADT^A04, then ORU^R01 with blood pressure and glucose. For every
+    other one of them the hospital's clerk typed the given name by ear (玮 for 伟), as resident matching must expect."""
     messages = []
     for r in people[::3]:
         given = "".join(HOMOPHONES.get(c, c) for c in r.given) if r.n % 2 else r.given

@@ -18,10 +18,17 @@ class Target:
     code: str
     display: str | None
 
+    def coding(self) -> dict[str, str]:
+        return {"system": self.system, "code": self.code, **({"display": self.display} if self.display else {})}
+
 
 def map_id(table: CodeTable) -> str:
     """A FHIR id (no underscores) for the table."""
     return table.name.replace("_", "-")
+
+
+def map_url(table: CodeTable) -> str:
+    return URL_PREFIX + map_id(table)
 
 
 def targets(table: CodeTable, value: Any) -> list[Target]:
@@ -41,12 +48,12 @@ def concept_map(table: CodeTable) -> dict[str, Any]:
     for code, value in table.entries.items():
         by_system: dict[str, list[dict[str, Any]]] = {}
         for target in targets(table, value):
-            by_system.setdefault(target.system, []).append(
-                {"code": target.code, **({"display": target.display} if target.display else {}), "equivalence": "equivalent"})
+            coding = target.coding()
+            by_system.setdefault(coding.pop("system"), []).append({**coding, "equivalence": "equivalent"})
         for system, mapped in by_system.items():
             groups.setdefault(system, []).append({"code": code, "target": mapped})
     return {
-        "resourceType": "ConceptMap", "id": map_id(table), "url": URL_PREFIX + map_id(table), "name": table.name,
+        "resourceType": "ConceptMap", "id": map_id(table), "url": map_url(table), "name": table.name,
         "title": table.description, "status": "active", "publisher": "Qiao (mappings/codes)",
         "group": [{"source": table.source_system, "target": system, "element": elements} for system, elements in groups.items()],
     }
@@ -97,27 +104,26 @@ def translate(params: list[tuple[str, str]], map_id_in_path: str | None = None) 
     if chosen is None and not system:
         raise InvalidRequest("$translate needs the code's system, or the ConceptMap (url)", expression=["system"])
     candidates = [find(chosen)] if chosen else list(tables().values())
+    wanted = given.get("targetsystem")
     matches = []
     for table in candidates:
-        url = URL_PREFIX + map_id(table)
+        if not reverse:  # the engine's own lookup
+            value = table.translate(code) if system in (None, table.source_system) else None
+            found = targets(table, value) if value is not None else []
+            matches += [_match(t.coding(), table) for t in found if wanted in (None, t.system)]
+            continue
         for local, value in table.entries.items():
-            for target in targets(table, value):
-                if given.get("targetsystem") and target.system != given["targetsystem"]:
-                    continue
-                if not reverse and local == code.strip() and system in (None, table.source_system):
-                    concept = {"system": target.system, "code": target.code, **({"display": target.display} if target.display else {})}
-                    matches.append(_match(concept, url))
-                elif reverse and target.code == code.strip() and system in (None, target.system):
-                    matches.append(_match({"system": table.source_system, "code": local}, url))
+            if any(t.code == code.strip() and system in (None, t.system) and wanted in (None, t.system) for t in targets(table, value)):
+                matches.append(_match({"system": table.source_system, "code": local}, table))
     parameters: list[dict[str, Any]] = [{"name": "result", "valueBoolean": bool(matches)}]
     if not matches:
         parameters.append({"name": "message", "valueString": f"no mapping of {system or ''}|{code} in {chosen or 'any code table'}"})
     return {"resourceType": "Parameters", "parameter": parameters + matches}
 
 
-def _match(concept: dict[str, Any], url: str) -> dict[str, Any]:
+def _match(concept: dict[str, str], table: CodeTable) -> dict[str, Any]:
     return {"name": "match", "part": [{"name": "equivalence", "valueCode": "equivalent"},
-                                      {"name": "concept", "valueCoding": concept}, {"name": "source", "valueUri": url}]}
+                                      {"name": "concept", "valueCoding": concept}, {"name": "source", "valueUri": map_url(table)}]}
 
 
 def _refuse(*_: Any) -> None:
