@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, MetaData, Table, any_, bindparam, create_engine, event, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings, get_settings
@@ -45,13 +44,12 @@ def make_engine(url: str, *, pool_size: int = 10, autocommit: bool = False) -> E
         _configure_sqlite(engine)
         return engine
     # no pool_pre_ping: it costs a round trip per request; stale connections are recycled instead.
-    # Custom plans only: psycopg prepares a statement after 5 runs, and PostgreSQL may keep a generic plan for it,
-    # made while a table was nearly empty, for the connection's life. Without this, the MLLP benchmark's batched
-    # `res_id = ANY(:ids)` lookup read every resource of its type (index counters; the plan itself was not captured)
-    # and the rate fell with volume (122 ORU^R01/s on 600, 57/s on 6,000); planning costs ~0.1 ms.
-    parsed = make_url(url)
-    server_options = " ".join(filter(None, [str(parsed.query.get("options", "")), "-c plan_cache_mode=force_custom_plan"]))
-    return create_engine(parsed.update_query_dict({"options": server_options}), pool_size=pool_size,
+    # Plans are PostgreSQL's own choice (plan_cache_mode auto): a prepared search reuses its generic plan, while
+    # forcing custom plans re-planned every statement, 0.7-1.3 ms of PostgreSQL CPU per identifier search (bind
+    # durations in the server log, 2026-12-03), more than the search itself. A generic plan made while a table was
+    # nearly empty is replaced when autovacuum analyses the table; a database without autovacuum must be analysed
+    # by hand as it grows (the benchmarks do: tests/benchmarks/common.py, `analysing`).
+    return create_engine(url, pool_size=pool_size,
                          max_overflow=pool_size // 2, pool_recycle=1800, **options)
 
 

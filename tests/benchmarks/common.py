@@ -54,6 +54,36 @@ def migrated_database(name: str) -> str:
     return url
 
 
+#: autovacuum's rule for analysing a table: changed rows over 50 + 10% of its rows (PostgreSQL's defaults)
+STALE_TABLES = ("SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
+                " WHERE s.n_mod_since_analyze > 50 + 0.1 * greatest(c.reltuples, 0)")
+
+
+@contextmanager
+def analysing(database_url: str, every: float = 5.0) -> Iterator[None]:
+    """While the block runs, if the server's autovacuum is off (as on the benchmark machine), analyse every `every`
+    seconds the tables autovacuum would: it stands in for the analyses a production server makes as its tables grow,
+    which replace query plans made while they were nearly empty (app/db.py)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if conn.execute("SHOW autovacuum").fetchone() != ("off",):
+            yield
+            return
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                for (table,) in conn.execute(STALE_TABLES).fetchall():
+                    conn.execute(f'ANALYZE "{table}"')
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
 def id_card(n: int) -> str:
     """A valid GB 11643 number, distinct for each n below ten million (region and sequence digits encode n)."""
     body = f"11{n // 1000 % 10000:04d}{1940 + n % 70:04d}{1 + n % 12:02d}{1 + n % 28:02d}{n % 1000:03d}"
@@ -138,7 +168,8 @@ class Server:
 @contextmanager
 def qiao_server(database_url: str, *, workers: int = 2, port: int = 8181, source: Path = ROOT,
                 command: list[str] | None = None, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """`qiao serve` on PostgreSQL (or `command`, run in `source`: another checkout of Qiao, for same-run baselines)."""
+    """`qiao serve` on PostgreSQL (or `command`, run in `source`: another checkout of Qiao, for same-run baselines),
+    its tables analysed as they change (`analysing`)."""
     env = {**os.environ, "QIAO_DATABASE_URL": database_url, "QIAO_LOG_LEVEL": "WARNING", "QIAO_DB_POOL_SIZE": "10",
            "PYTHONPATH": str(source), **(env or {})}
     command = command or [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)]
@@ -155,7 +186,8 @@ def qiao_server(database_url: str, *, workers: int = 2, port: int = 8181, source
         process.kill()
         raise RuntimeError("qiao serve did not start")
     try:
-        yield server
+        with analysing(database_url):
+            yield server
     finally:
         server._stop.set()
         process.terminate()

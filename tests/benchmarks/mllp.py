@@ -35,7 +35,7 @@ def admission(n: int, rng: random.Random) -> bytes:
     name = f"{rng.choice(SURNAMES)}^{rng.choice(GIVEN)}{rng.choice(GIVEN)}"
     born = f"19{rng.randint(30, 89)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
     return "\r".join([
-        f"MSH|^~\\&|HIS|DCH|QIAO|QIAO|20261120093000||ADT^A04^ADT_A01|ADT{n:07d}|P|2.4|||||||GB18030",
+        f"MSH|^~\\&|HIS|DCH|QIAO|QIAO|20261120093000||ADT^A04^ADT_A01|ADT{n:07d}|P|2.4||||||GB18030",
         "EVN|A04|20261120093000",
         f"PID|1||MZ{n:07d}^^^DCH^MR~{id_card(n)}^^^^NNCHN||{name}||{born}|{1 + n % 2}|||和平里街道{n % 300}号^^北京市^北京市^100013^^^^东城区"
         f"||139{n:08d}",
@@ -45,7 +45,7 @@ def admission(n: int, rng: random.Random) -> bytes:
 
 def result(n: int, k: int, rng: random.Random) -> bytes:
     segments = [
-        f"MSH|^~\\&|LIS|DCH|QIAO|QIAO|20261120101500||ORU^R01^ORU_R01|LAB{n:07d}{k:02d}|P|2.5.1|||||||GB18030",
+        f"MSH|^~\\&|LIS|DCH|QIAO|QIAO|20261120101500||ORU^R01^ORU_R01|LAB{n:07d}{k:02d}|P|2.5.1||||||GB18030",
         f"PID|1||MZ{n:07d}^^^DCH^MR||张^三||19491231|1",
         f"OBR|1||R{n:07d}{k:02d}|LAB01^慢病随访检查|||20261120100000||||||||||||||||F",
     ]

@@ -20,6 +20,7 @@ import psycopg
 from app import db, migrate
 from app.store import repository
 from tests.benchmarks.common import (
+    analysing,
     blood_pressure,
     http_load,
     id_card,
@@ -66,12 +67,13 @@ def load(database_url: str, stored: int, processes: int = 2, org: str | None = N
     ranges = [(i * step, stored if i == processes - 1 else (i + 1) * step) for i in range(processes)]
     start = time.perf_counter()
     workers = [multiprocessing.Process(target=load_range, args=(database_url, a, b, org)) for a, b in ranges]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-        if worker.exitcode != 0:
-            raise RuntimeError("a loader process failed")
+    with analysing(database_url):
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+            if worker.exitcode != 0:
+                raise RuntimeError("a loader process failed")
     seconds = time.perf_counter() - start
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")

@@ -1,15 +1,20 @@
 """What authentication, the access policy and the audit trail cost on reads and searches.
 
-    .venv/bin/python -m tests.benchmarks.security_overhead [--stored 100000] [--seconds 10] [--rounds 2] [--reuse]
+    .venv/bin/python -m tests.benchmarks.security_overhead [--stored 100000] [--seconds 5] [--rounds 8] [--reuse]
 
-Same code, same data, same run, same load, alternating for several rounds: this checkout's server with the three
+Same code, same data, same run, same load: this checkout's server with the three
 switched off (QIAO_AUTH=false, so no token and no policy; and read audits dropped by a `sitecustomize` the benchmark
 puts on the workers' path, since Qiao itself has no switch to stop auditing) against the same server as deployed.
 The data is a community centre's (Organization chc-1); the benchmark client is a hospital (hosp-1) that has every
 resident in its care, so each access runs the full policy: token check, scope check, care relation and consent
 look-ups, and an AuditEvent queued, written and hash-chained.
 
-Two loads: closed-loop saturation (16 clients back to back: latency there is mostly queueing, so it measures
+Both servers run at once and the load moves between them in short slices, in ABBA order: this machine is shared,
+and its speed drifts: the same server under the same read load took 1,400 to 2,130 µs of CPU per request within ten
+minutes (2026-12-03), more than the overhead being measured, so rounds of a minute each compared the machine's
+moments more than the two servers.
+
+Two loads, each in its own slices: closed-loop saturation (16 clients back to back: latency there is mostly queueing, so it measures
 throughput) and a fixed rate of half the insecure server's saturated throughput (open loop: the latency a request
 sees on a server that is busy but not overloaded).
 """
@@ -19,6 +24,7 @@ import os
 import random
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,6 +36,8 @@ from tests.benchmarks.common import ROOT, cpu_seconds, http_load, id_card, postg
 from tests.benchmarks.read_search import load, patient_id
 
 DATABASE = "qiao_bench_security"
+#: Seconds after a slice before its CPU is read: one audit flush (QIAO_AUDIT_FLUSH_SECONDS, 0.5) and a margin.
+SETTLE = 1.0
 #: Imported by every worker at start-up (Python's site hook): reads and searches are not audited.
 NO_READ_AUDIT = "from app.auth import audit_trail\naudit_trail.record = lambda *args, **kwargs: None\n"
 
@@ -38,8 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--stored", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0, help="one slice")
+    parser.add_argument("--rounds", type=int, default=8, help="slices per server, load and kind")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reuse", action="store_true", help="measure the database the previous run loaded")
     args = parser.parse_args()
@@ -74,42 +82,52 @@ def main() -> None:
 
     hooks = Path(tempfile.mkdtemp(prefix="qiao-no-read-audit-"))
     (hooks / "sitecustomize.py").write_text(NO_READ_AUDIT)
-    insecure = {"QIAO_AUTH": "false", "PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}"}
-    results: dict[tuple[str, str, str], list[list[float]]] = {}
+    insecure = {"QIAO_AUTH": "false", "PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}", "QIAO_MLLP_PORT": "0"}
+    results: dict[tuple[str, str, str], list[float]] = {}
     rates: dict[str, float] = {}
-    cpu: dict[tuple[str, str], list[tuple[float, float]]] = {}  # per saturated run: (server, PostgreSQL) CPU per request
-    for _ in range(args.rounds):
-        for name, headers, env in (("without", {}, insecure), ("with", auth, {})):
-            with qiao_server(database_url, workers=args.workers, env=env) as server:
-                for kind, paths in (("read", read_path), ("search", search_path)):
-                    http_load(server.url, paths, clients=args.clients, seconds=2, headers=headers)  # warm-up
-                    before = server.cpu_seconds(), cpu_seconds(postgres_pids())
-                    saturated = http_load(server.url, paths, clients=args.clients, seconds=args.seconds, headers=headers)
-                    requests = max(len(saturated.latencies), 1)
-                    cpu[(name, kind)] = cpu.get((name, kind), []) + [
-                        ((server.cpu_seconds() - before[0]) / requests, (cpu_seconds(postgres_pids()) - before[1]) / requests)]
-                    rates.setdefault(kind, saturated.rate / 2)  # half the first insecure run's throughput
-                    steady = http_load(server.url, paths, clients=args.clients, seconds=args.seconds, headers=headers, rate=rates[kind])
-                    for mode, result in (("saturated", saturated), ("steady", steady)):
+    cpu: dict[tuple[str, str], list[float]] = {}  # (server, PostgreSQL) CPU seconds and requests, saturated slices
+    with (qiao_server(database_url, workers=args.workers, port=8181, env=insecure) as plain,
+          qiao_server(database_url, workers=args.workers, port=8182, env={"QIAO_MLLP_PORT": "0"}) as secured):
+        servers = {"without": (plain, {}), "with": (secured, auth)}
+        for kind, paths in (("read", read_path), ("search", search_path)):
+            for server, headers in servers.values():
+                http_load(server.url, paths, clients=args.clients, seconds=2, headers=headers)  # warm-up
+            for mode in ("saturated", "steady"):
+                for slice_ in range(args.rounds):
+                    for name in _order(slice_):
+                        server, headers = servers[name]
+                        before = server.cpu_seconds(), cpu_seconds(postgres_pids())
+                        result = http_load(server.url, paths, clients=args.clients, seconds=args.seconds, headers=headers,
+                                           rate=rates.get(kind) if mode == "steady" else None)
+                        time.sleep(SETTLE)  # the reads' audits are written (QIAO_AUDIT_FLUSH_SECONDS) within the slice's count
                         if result.errors:
                             raise RuntimeError(f"{name} {kind} {mode}: {result.errors} requests failed")
-                        results.setdefault((name, kind, mode), []).append(sorted(result.latencies))
+                        if mode == "saturated":
+                            rates.setdefault(kind, result.rate / 2)  # half the first insecure slice's throughput
+                            totals = cpu.setdefault((name, kind), [0.0, 0.0, 0.0])
+                            totals[0] += server.cpu_seconds() - before[0]
+                            totals[1] += cpu_seconds(postgres_pids()) - before[1]
+                            totals[2] += len(result.latencies)
+                        results.setdefault((name, kind, mode), []).extend(result.latencies)
                         print(f"  {name:8} {mode:9} {result.line(kind)}")
 
-    for (name, kind), runs in sorted(cpu.items()):
-        print(f"  CPU per {kind} {name + ' security':17}: server " + ", ".join(f"{server * 1e6:.0f}" for server, _ in runs)
-              + " µs; PostgreSQL " + ", ".join(f"{database * 1e6:.0f}" for _, database in runs) + " µs (saturated runs)")
+    for (name, kind), (server_cpu, database_cpu, requests) in sorted(cpu.items()):
+        print(f"  CPU per {kind} {name + ' security':17}: server {server_cpu / requests * 1e6:.0f} µs,"
+              f" PostgreSQL {database_cpu / requests * 1e6:.0f} µs (saturated slices)")
     for kind in ("read", "search"):
         for mode in ("saturated", "steady"):
-            base = [x for run in results[("without", kind, mode)] for x in run]
-            secured = [x for run in results[("with", kind, mode)] for x in run]
-            p50 = statistics.median(secured) / statistics.median(base)
-            p99 = _p99(secured) / _p99(base)
-            rate = len(secured) / len(base)
+            base, secure = results[("without", kind, mode)], results[("with", kind, mode)]
+            p50 = statistics.median(secure) / statistics.median(base)
+            p99 = _p99(secure) / _p99(base)
             at = "" if mode == "saturated" else f" at {rates[kind]:.0f}/s"
-            print(f"  {kind} {mode}{at}: p50 {statistics.median(base) * 1000:.2f} -> {statistics.median(secured) * 1000:.2f} ms"
-                  f" ({p50 - 1:+.0%}), p99 {_p99(base) * 1000:.1f} -> {_p99(secured) * 1000:.1f} ms ({p99 - 1:+.0%}),"
-                  f" requests {rate:.2f} x")
+            print(f"  {kind} {mode}{at}: p50 {statistics.median(base) * 1000:.2f} -> {statistics.median(secure) * 1000:.2f} ms"
+                  f" ({p50 - 1:+.0%}), p99 {_p99(base) * 1000:.1f} -> {_p99(secure) * 1000:.1f} ms ({p99 - 1:+.0%}),"
+                  f" requests {len(secure) / len(base):.2f} x")
+
+
+def _order(slice_: int) -> tuple[str, str]:
+    """ABBA: the machine's drift over a run (it is shared) falls on both servers alike."""
+    return ("without", "with") if slice_ % 4 in (0, 3) else ("with", "without")
 
 
 def _p99(values: list[float]) -> float:
