@@ -22,7 +22,7 @@ import orjson
 from sqlalchemy import insert, select, update
 
 from app import db
-from app.auth import policy
+from app.auth import membership, policy
 from app.auth.principal import Principal
 from app.bulk import jobs
 from app.bulk.params import GROUP, SYSTEM, ExportRequest
@@ -157,6 +157,8 @@ class Export:
                     wanted = min(self.batch, self.file_limit - count)
                     with db.read_session() as session:
                         rows = session.connection().execute(statement, params | {after_name: after, "limit": wanted}).all()
+                        if resource_type == "Group" and kind == "output":
+                            rows = _members_masked(session, self.principal, rows)
                     if rows:
                         after = rows[-1][0]
                         count += self._write(out, kind, resource_type, [row for row in rows if row[1]], keep)
@@ -234,6 +236,13 @@ class Export:
             f" LEFT JOIN resource_version v ON {' AND '.join(joined)} ORDER BY b.res_id"
         )
         return statement, dict(sql.params), after[1:]
+
+
+def _members_masked(session: Any, principal: Principal, rows: Sequence[Any]) -> list[Any]:
+    """Exported Groups with only the members the client may see (app/auth/membership.py)."""
+    contents = membership.masked(session, principal, [row[2] for row in rows if row[1]])
+    shown = iter(contents)
+    return [(row[0], row[1], next(shown)) if row[1] else row for row in rows]
 
 
 class Stopped(Exception):

@@ -22,7 +22,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
-from app.auth import audit_trail, policy, relations
+from app.auth import audit_trail, membership, policy, relations
 from app.auth.principal import SYSTEM, Principal
 from app.auth.tables import audit_pending, care_relation, consent_denial
 from app.config import get_settings
@@ -181,6 +181,7 @@ def read(session: Session, resource_type: str, resource_id: str, *, audit: bool 
     policy.require_visible(session, principal, stored, stored.reference, facts=_facts(row))
     if stored.deleted:
         raise Gone(f"{resource_type}/{resource_id} was deleted", expression=[resource_type])
+    membership.mask(session, principal, [stored])
     if audit:
         _audit_access(principal, "read", [stored])
     return stored
@@ -200,6 +201,7 @@ def vread(session: Session, resource_type: str, resource_id: str, version_id: st
     policy.require_visible(session, principal, stored, stored.reference, facts=_facts(row))
     if stored.deleted:
         raise Gone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
+    membership.mask(session, principal, [stored])
     _audit_access(principal, "vread", [stored])
     return stored
 
@@ -604,6 +606,7 @@ def search(session: Session, request: SearchRequest) -> SearchPage:
     if request.total == "accurate" or (request.total != "none" and not request.cursor and not more):
         page.total = len(rows) if not more and not request.cursor else _count(session, sql, where)
     page.included = _included(session, principal, request, page.matches)
+    membership.mask(session, principal, page.matches + page.included)
     _audit_access(principal, "search", page.matches + page.included, search_query)
     return page
 
@@ -706,6 +709,7 @@ def history(
     )
     rows = session.connection().execute(statement, sql.params).all()
     page = HistoryPage([_stored(row) for row in rows[:count]])
+    membership.mask(session, principal, page.entries)
     _audit_access(principal, "history", page.entries, f"{resource_type or ''}/{resource_id or ''}/_history")
     if len(rows) > count and count > 0:
         last = rows[count - 1]

@@ -130,3 +130,35 @@ def test_audit_events_need_their_own_scope_and_are_immutable(client: TestClient,
     event = found.json()["entry"][0]["resource"]
     assert client.delete(f"/fhir/AuditEvent/{event['id']}", headers=institutions["auditor"]).status_code == 403
     assert client.put(f"/fhir/AuditEvent/{event['id']}", json=event, headers={**institutions["chc"], **FHIR_JSON}).status_code == 403
+
+
+def test_a_group_names_only_the_members_the_reader_may_see(client: TestClient, institutions: dict[str, Headers],
+                                                           community: dict[str, str]) -> None:
+    """A cohort list is about each member: read, search, history and a system export all leave out the others."""
+    from tests.bulk.test_export import kick_off, manifest, resources_of
+
+    chc, hospital = institutions["chc"], institutions["hospital"]
+    stranger = post(client, chc, patient("王", "芳", id_card="440524188001010022"))
+    post(client, chc, referral_task(community["patient"]))  # in the hospital's care from now on
+    members = [{"entity": {"reference": f"Patient/{p}"}} for p in (community["patient"], stranger)]
+    group = post(client, chc, {"resourceType": "Group", "type": "person", "actual": True, "name": "高血压随访", "member": members})
+
+    def member_ids(content: dict[str, Any]) -> list[str]:
+        return [m["entity"]["reference"].split("/")[1] for m in content.get("member", [])]
+
+    def redacted(content: dict[str, Any]) -> bool:
+        return any(s["code"] == "REDACTED" for s in content.get("meta", {}).get("security", []))
+
+    own = client.get(f"/fhir/Group/{group}", headers=chc).json()
+    assert member_ids(own) == [community["patient"], stranger] and not redacted(own)
+    read = client.get(f"/fhir/Group/{group}", headers=hospital).json()
+    assert member_ids(read) == [community["patient"]] and redacted(read)
+    found = client.get("/fhir/Group", params={"_id": group}, headers=hospital).json()["entry"][0]["resource"]
+    assert member_ids(found) == [community["patient"]] and redacted(found)
+    history = client.get(f"/fhir/Group/{group}/_history", headers=hospital).json()["entry"][0]["resource"]
+    assert member_ids(history) == [community["patient"]]
+    exported = resources_of(client, manifest(client, kick_off(client, headers=hospital, _type="Group"), headers=hospital), headers=hospital)
+    assert member_ids(exported["Group"][0]) == [community["patient"]] and redacted(exported["Group"][0])
+
+    post(client, chc, consent_denying(community["patient"], "hosp-1"))
+    assert "member" not in client.get(f"/fhir/Group/{group}", headers=hospital).json()
