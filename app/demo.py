@@ -110,13 +110,13 @@ def _hl7(people: list[Resident]) -> bytes:
     for r in people[::3]:
         given = "".join(HOMOPHONES.get(c, c) for c in r.given) if r.n % 2 else r.given
         messages.append("\r".join([
-            f"MSH|^~\\&|HIS|DCH|QIAO|QIAO|20260410093000||ADT^A04^ADT_A01|ADT{r.n:06d}|P|2.4|||||||GB18030",
+            f"MSH|^~\\&|HIS|DCH|QIAO|QIAO|20260410093000||ADT^A04^ADT_A01|ADT{r.n:06d}|P|2.4||||||GB18030",
             "EVN|A04|20260410093000",
             f"PID|1||MZ{r.n:06d}^^^DCH^MR~{r.id_number}^^^^NNCHN||{r.surname}^{given}||{r.born:%Y%m%d}|{'M' if r.sex == '1' else 'F'}"
             f"|||和平里街道{r.n}号楼^^北京市^北京市^100013^^^^东城区||{r.phone}",
             f"PV1|1|O|心内科^^^DCH||||||||||||||||V{r.n:06d}|||||||||||||||||||||||||20260410090000"]))
         messages.append("\r".join([
-            f"MSH|^~\\&|LIS|DCH|QIAO|QIAO|20260410101500||ORU^R01^ORU_R01|LAB{r.n:06d}|P|2.5.1|||||||GB18030",
+            f"MSH|^~\\&|LIS|DCH|QIAO|QIAO|20260410101500||ORU^R01^ORU_R01|LAB{r.n:06d}|P|2.5.1||||||GB18030",
             f"PID|1||MZ{r.n:06d}^^^DCH^MR||{r.surname}^{given}||{r.born:%Y%m%d}|{'M' if r.sex == '1' else 'F'}",
             f"OBR|1||R{r.n:06d}|LAB01^慢病随访检查|||20260410100000||||||||||||||||F",
             f"OBX|1|NM|SBP^收缩压||{140 + r.n % 25}|mmHg|||||F|||20260410100000",

@@ -107,12 +107,32 @@ class Hl7Scope:
 
     def each(self, path: str) -> list[Scope]:
         if re.fullmatch(r"[A-Z][A-Z0-9]{2}", path):
-            return [Hl7Scope(self.message, {**self.current, path: segment}, None, self.by_id) for segment in self._segments(path)]
+            return [Hl7Scope(self.message, {**self.current, **group}, None, self.by_id) for group in self._groups(path)]
         match = _PATH.match(path)
         if match is None or match["select"] or match["rest"]:
             raise MessageError(f"each needs a segment (OBX) or a field (PID-13), not {path!r}", path)
         repetitions = self._repetitions(match["segment"], int(match["field"]))
         return [Hl7Scope(self.message, self.current, r, self.by_id) for r in repetitions if any(any(c) for c in r)]
+
+    def _groups(self, segment_id: str) -> list[dict[str, Any]]:
+        """Each occurrence of the segment with the segments that follow it up to the next one (its group: an ORC's
+        OBR and NTE). A segment that stands only in other groups is absent from this one (an order without a note
+        does not take the next order's); one that also stands before the first occurrence is the message's (PID,
+        PV1; an ORU's OBR, which heads the OBX that follow)."""
+        segments = list(self.message)
+        starts = [i for i, segment in enumerate(segments) if str(segment[0][0]) == segment_id]
+        if not starts:
+            return []
+        outside = {str(segment[0][0]) for segment in segments[: starts[0]]}
+        inside = {str(segment[0][0]) for segment in segments[starts[0]:]} - outside
+        groups = []
+        for start, end in zip(starts, [*starts[1:], len(segments)], strict=True):
+            group: dict[str, Any] = dict.fromkeys(inside)
+            for segment in reversed(segments[start:end]):
+                if str(segment[0][0]) in inside:
+                    group[str(segment[0][0])] = segment
+            groups.append(group)
+        return groups
 
     def _segments(self, segment_id: str) -> list[Any]:
         if not self.by_id:
@@ -121,8 +141,9 @@ class Hl7Scope:
         return self.by_id.get(segment_id, [])
 
     def _repetitions(self, segment_id: str, number: int) -> list[Repetition]:
-        segment = self.current.get(segment_id)
-        if segment is None:
+        if segment_id in self.current:
+            segment = self.current[segment_id]  # None: not in this scope's group
+        else:
             found = self._segments(segment_id)
             segment = found[0] if found else None
         if segment is None or number >= len(segment) or number < 1:

@@ -22,10 +22,11 @@ form's Condition is I10 unless the form names a code); `create_only: true` makes
                                    list, its items join that list's (a constant coding, then one per service package)
     merge: {fn: ...}               (a key) the function's object is merged into the enclosing object
 
-An object that ends up with no value from the source (only constants and configured attributes) is dropped, so
+An object that reads the source but found no value there (only its constants are left) is dropped, so
 "identifier: [{system: {const: X}, value: PID-3.1}]" yields nothing when PID-3 is empty; a reference counts as a
-value, since the resource it names was identified by the source. A list keeps its constant items (`performer:
-[{configured: organization_reference}]`, a constant type coding before one per package): it goes with its object. Operator keys are not FHIR
+value, since the resource it names was identified by the source. An object or list item written wholly of
+constants and configured attributes goes with what holds it: an identifier's constant `type`, `performer:
+[{configured: organization_reference}]`, a constant type coding before one per package. Operator keys are not FHIR
 element names (`code` is an operator only with `from`), so a template object is never mistaken for one.
 """
 
@@ -169,11 +170,19 @@ def _evaluate(template: Any, scope: Scope, run: _Run, where: str) -> tuple[Any, 
                 sourced = sourced or from_source
         return (kept or None), sourced
     if isinstance(template, dict):
-        operator = next((k for k in _OPERATORS if k in template), None)
-        if operator is not None and (operator != "code" or "from" in template):  # FHIR has `code` elements too
+        if not _is_object(template):
+            operator = next(k for k in _OPERATORS if k in template)
             return _OPERATIONS[operator](template, scope, run, where)
         return _object(template, scope, run, where)
     return template, False  # a number or boolean written in the mapping
+
+
+def _is_object(template: Any) -> bool:
+    """Whether the template is an element to build, not an operation (FHIR has `code` elements too)."""
+    if not isinstance(template, dict):
+        return False
+    operator = next((k for k in _OPERATORS if k in template), None)
+    return operator is None or (operator == "code" and "from" not in template)
 
 
 def _object(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
@@ -190,7 +199,25 @@ def _object(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tu
         else:
             result[key] = value
         sourced = sourced or from_source
-    return (result, True) if sourced and result else (None, False)
+    if not result or (not sourced and _reads_source(template)):
+        return None, False
+    return result, sourced
+
+
+def _reads_source(template: Any) -> bool:
+    """Whether the template reads the source record, or is made of constants only (whatever the record says).
+    Asked only of an object that found no source value, so it costs the common path nothing."""
+    if isinstance(template, str):
+        return True
+    if isinstance(template, list):
+        return any(_reads_source(item) for item in template)
+    if not isinstance(template, dict):
+        return False
+    if _is_object(template):
+        return any(_reads_source(item) for item in template.values())
+    if "fn" in template:
+        return any(_reads_source(argument) for argument in template.get("args", []))
+    return not ("const" in template or "configured" in template)
 
 
 def _constant(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:

@@ -8,7 +8,7 @@ PHONE = "13912345678"
 def adt(event: str = "A04", *, control_id: str = "MSG0001", mrn: str = "MZ1001", sex: str = "1", family: str = "张",
         given: str = "三", id_card: str = ID_CARD, visit: str = "V2001", charset_field: str = "") -> str:
     return "\r".join([
-        f"MSH|^~\\&|HIS|DCH|QIAO|QIAO|20261120093000||ADT^{event}^ADT_A01|{control_id}|P|2.4|||||||{charset_field}",
+        f"MSH|^~\\&|HIS|DCH|QIAO|QIAO|20261120093000||ADT^{event}^ADT_A01|{control_id}|P|2.4||||||{charset_field}",
         f"EVN|{event}|20261120093000",
         f"PID|1||{mrn}^^^DCH^MR~{id_card}^^^^NNCHN||{family}^{given}||19491231|{sex}|||和平里街道1号^^北京市^北京市^100013^^^^东城区||{PHONE}",
         f"PV1|1|O|内科^^^DCH||||||||||||||||{visit}|||||||||||||||||||||||||20261120090000",
@@ -32,3 +32,20 @@ def oru(*, control_id: str = "LAB0001", mrn: str = "MZ1001", order: str = "R9001
 
 def gb18030(text: str) -> bytes:
     return text.encode("gb18030")
+
+
+def orm(orders: list[tuple[str, ...]], *, control_id: str = "ORD0001", mrn: str = "MZ1001", visit: str = "V2001",
+        kind: str = "ORM^O01^ORM_O01", version: str = "2.4", charset_field: str = "") -> str:
+    """An order message: PID, PV1, then per order ORC, OBR and an NTE when the order has a note. Each order is
+    (order control, placer number, code, name, note, order status, priority)."""
+    segments = [
+        f"MSH|^~\\&|HIS|DCH|QIAO|QIAO|20261120094500||{kind}|{control_id}|P|{version}||||||{charset_field}",
+        f"PID|1||{mrn}^^^DCH^MR||张^三||19491231|1",
+        f"PV1|1|O|内科^^^DCH||||||||||||||||{visit}",
+    ]
+    for control, placer, code, name, note, status, priority in orders:
+        segments.append(f"ORC|{control}|{placer}|F{placer}||{status}||^^^^^{priority}||20261120094000|||D01^李^医生")
+        segments.append(f"OBR|1|{placer}|F{placer}|{code}^{name}|||||||||||||||||||||||^^^^^{priority}||||I10^高血压^I10")
+        if note:
+            segments.append(f"NTE|1||{note}")
+    return "\r".join(segments) + "\r"

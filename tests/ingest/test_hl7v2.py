@@ -50,11 +50,12 @@ def test_an_admission_in_gb18030_becomes_a_patient_and_an_encounter(client: Test
     assert patient["gender"] == "male" and patient["birthDate"] == "1949-12-31"
     assert patient["address"][0]["district"] == "东城区" and patient["managingOrganization"]["reference"] == "Organization/hosp-1"
     assert {"system": "urn:oid:2.16.156.10011.1.11.1001", "value": "MZ1001"}.items() <= patient["identifier"][1].items()
+    assert patient["identifier"][1]["type"]["coding"][0]["code"] == "MR"  # a constant element goes with its identifier
     encounter = fhir(client, "Encounter", subject=f"Patient/{patient['id']}")["entry"][0]["resource"]
     assert encounter["class"]["code"] == "AMB" and encounter["status"] == "in-progress"
     assert encounter["period"]["start"] == "2026-11-20T09:00:00+08:00"  # no offset sent: Asia/Shanghai
     provenance = fhir(client, "Provenance", target=f"Patient/{patient['id']}")["entry"][0]["resource"]
-    assert provenance["policy"] == ["urn:qiao:mapping:hl7v2/ADT_A01|2"]
+    assert provenance["policy"] == ["urn:qiao:mapping:hl7v2/ADT_A01|3"]
     message_id = provenance["entity"][0]["what"]["identifier"]["value"]
     message = client.get(f"/ingest/messages/{message_id}").json()
     assert message["state"] == "processed" and message["charset"] == "gb18030" and message["kind"] == "ADT^A04"

@@ -12,6 +12,7 @@ from tests.ingest.messages import adt
     (adt().encode("gb18030"), None, "gb18030"),  # detected: not UTF-8, valid GB18030
     (adt().encode("utf-8"), None, "utf-8"),
     (adt(charset_field="GB 18030-2000").encode("gb18030"), "utf-8", "gb18030"),  # MSH-18 wins over the default
+    (adt(charset_field="UNICODE UTF-8").encode("utf-8"), "gb18030", "utf-8"),  # UTF-8 bytes are valid GB18030 too
     (adt(charset_field="UNICODE UTF-8").encode("gb18030"), None, "gb18030"),  # MSH-18 wrong: the bytes decide
     (b"\xef\xbb\xbf" + adt().encode("utf-8"), "gb18030", "utf-8"),  # a BOM says UTF-8
 ])
