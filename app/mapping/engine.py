@@ -170,19 +170,15 @@ def _evaluate(template: Any, scope: Scope, run: _Run, where: str) -> tuple[Any, 
                 sourced = sourced or from_source
         return (kept or None), sourced
     if isinstance(template, dict):
-        if not _is_object(template):
-            operator = next(k for k in _OPERATORS if k in template)
-            return _OPERATIONS[operator](template, scope, run, where)
-        return _object(template, scope, run, where)
+        operator = _operator(template)
+        return _OPERATIONS[operator](template, scope, run, where) if operator else _object(template, scope, run, where)
     return template, False  # a number or boolean written in the mapping
 
 
-def _is_object(template: Any) -> bool:
-    """Whether the template is an element to build, not an operation (FHIR has `code` elements too)."""
-    if not isinstance(template, dict):
-        return False
+def _operator(template: dict[str, Any]) -> str | None:
+    """The operation the template object is, or None for an element to build (FHIR has `code` elements too)."""
     operator = next((k for k in _OPERATORS if k in template), None)
-    return operator is None or (operator == "code" and "from" not in template)
+    return None if operator == "code" and "from" not in template else operator
 
 
 def _object(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
@@ -213,11 +209,12 @@ def _reads_source(template: Any) -> bool:
         return any(_reads_source(item) for item in template)
     if not isinstance(template, dict):
         return False
-    if _is_object(template):
+    operator = _operator(template)
+    if operator is None:
         return any(_reads_source(item) for item in template.values())
-    if "fn" in template:
+    if operator == "fn":
         return any(_reads_source(argument) for argument in template.get("args", []))
-    return not ("const" in template or "configured" in template)
+    return operator not in ("const", "configured")
 
 
 def _constant(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
