@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
 
 from app import db
 from app.auth import membership, policy
@@ -238,11 +239,10 @@ class Export:
         return statement, dict(sql.params), after[1:]
 
 
-def _members_masked(session: Any, principal: Principal, rows: Sequence[Any]) -> list[Any]:
+def _members_masked(session: Session, principal: Principal, rows: Sequence[Any]) -> list[Any]:
     """Exported Groups with only the members the client may see (app/auth/membership.py)."""
-    contents = membership.masked(session, principal, [row[2] for row in rows if row[1]])
-    shown = iter(contents)
-    return [(row[0], row[1], next(shown)) if row[1] else row for row in rows]
+    contents = membership.masked(session, principal, [row[2] or "" for row in rows])
+    return [(row[0], row[1], content if row[2] else None) for row, content in zip(rows, contents, strict=True)]
 
 
 class Stopped(Exception):

@@ -14,9 +14,9 @@ and its speed drifts: the same server under the same read load took 1,400 to 2,1
 minutes (2026-12-03), more than the overhead being measured, so rounds of a minute each compared the machine's
 moments more than the two servers.
 
-Two loads, each in its own slices: closed-loop saturation (16 clients back to back: latency there is mostly queueing, so it measures
-throughput) and a fixed rate of half the insecure server's saturated throughput (open loop: the latency a request
-sees on a server that is busy but not overloaded).
+Two loads, each in its own slices: closed-loop saturation (16 clients back to back: latency there is mostly
+queueing, so it measures throughput) and a fixed rate of half the insecure server's saturated throughput (open loop:
+the latency a request sees on a server that is busy but not overloaded).
 """
 
 import argparse
@@ -97,14 +97,15 @@ def main() -> None:
             for server, headers in servers.values():
                 http_load(server.url, paths, clients=args.clients, seconds=WARM_UP, headers=headers)
             for mode in ("saturated", "steady"):
+                rate = None
                 if mode == "steady":  # half the insecure server's saturated throughput (median of its slices)
-                    rates[kind] = statistics.median(saturated_rates[kind]) / 2
+                    rate = rates[kind] = statistics.median(saturated_rates[kind]) / 2
                 for slice_ in range(args.rounds):
                     for name in _order(slice_):
                         server, headers = servers[name]
                         before = server.cpu_seconds(), cpu_seconds(postgres_pids())
                         result = http_load(server.url, paths, clients=args.clients, seconds=args.seconds, headers=headers,
-                                           rate=rates.get(kind) if mode == "steady" else None)
+                                           rate=rate)
                         time.sleep(SETTLE)  # the reads' audits are written (QIAO_AUDIT_FLUSH_SECONDS) within the slice's count
                         if result.errors:
                             raise RuntimeError(f"{name} {kind} {mode}: {result.errors} requests failed")
