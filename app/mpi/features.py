@@ -33,6 +33,7 @@ class Features:
     region: str | None = None
     address: str | None = None
     dwelling: str | None = None
+    street: str | None = None  # what precedes the dwelling numbers: the street or the estate
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "name": asdict(self.name) if self.name else None}
@@ -52,7 +53,7 @@ def of_patient(patient: dict[str, Any]) -> Features:
     sex = patient.get("gender") if patient.get("gender") in ("male", "female") else None
     if sex is None and valid and number:
         sex = id_number.sex(number)
-    region, address, dwelling = _address(patient)
+    region, address, dwelling, street = _address(patient)
     return Features(
         id_number=number,
         id_valid=valid,
@@ -65,6 +66,7 @@ def of_patient(patient: dict[str, Any]) -> Features:
         region=region,
         address=address,
         dwelling=dwelling,
+        street=street,
     )
 
 
@@ -96,11 +98,12 @@ def phone(value: str) -> str | None:
     return digits if len(digits) >= 7 else None
 
 
-def _address(patient: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """(region, normalised street address, dwelling numbers "building-unit-room") of the home (or first) address."""
+def _address(patient: dict[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
+    """(region, normalised street address, dwelling numbers "building-unit-room", the street before them) of the
+    home (or first) address."""
     addresses = sorted(patient.get("address") or [], key=lambda a: a.get("use") != "home")
     if not addresses:
-        return None, None, None
+        return None, None, None, None
     address = addresses[0]
     region = None
     for extension in address.get("extension") or []:
@@ -113,13 +116,14 @@ def _address(patient: dict[str, Any]) -> tuple[str | None, str | None, str | Non
     for name in (address.get("state"), address.get("city"), address.get("district")):
         if name:
             street = street.replace(_clean(name), "")
-    dwelling = None
+    dwelling = before = None
     for pattern in _DWELLING:
         found = pattern.search(street)
         if found:
             dwelling = "-".join(str(int(g)) for g in found.groups())
+            before = street[:found.start()] or None
             break
-    return region, street or None, dwelling
+    return region, street or None, dwelling, before
 
 
 def _clean(text: str) -> str:

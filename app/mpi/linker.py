@@ -25,7 +25,7 @@ from app.errors import Conflict, Forbidden, NotFound
 from app.mpi import features as feature_reader
 from app.mpi import golden, names
 from app.mpi.features import Features
-from app.mpi.model import CERTAIN, CERTAINLY_NOT, PROBABLE, Levels, Model, compare, grade, two_people
+from app.mpi.model import CERTAIN, CERTAINLY_NOT, PROBABLE, Levels, Model, compare, conflicts, grade, two_people
 from app.mpi.tables import mpi_block, mpi_distinct, mpi_link_event, mpi_record, mpi_review
 from app.store import dates
 from app.store.rules import WriteRule
@@ -88,6 +88,7 @@ class Candidate:
     levels: Levels
     grade: str
     ruled_out: bool = False  # a different valid ID number, or a steward said "different": never this master
+    conflict: bool = False  # disagrees on birth date or sex: this master is not joined without a steward
 
 
 @dataclass
@@ -150,14 +151,17 @@ class Pool:
 
     def score(self, f: Features, *, exclude: str | None = None) -> list[Candidate]:
         """The records sharing a blocking key, scored; and any other record of their masters that rules its master
-        out (a different valid ID number, a steward's "different"), so that a record matching one of a master's
-        records never joins a master holding another person: records are not linked by a chain of matches."""
+        out (a different valid ID number, a steward's "different") or disagrees on birth date or sex, so that a
+        record matching one of a master's records never joins a master holding another person: records are not
+        linked by a chain of matches."""
         ids = list(dict.fromkeys(pid for key in blocking_keys(f) for pid in self.blocks.get(key, ()) if pid != exclude))[:MAX_CANDIDATES]
         candidates = [self._candidate(f, patient_id, exclude) for patient_id in ids]
         scored = set(ids)
         for master_id in {c.master_id for c in candidates}:
             for patient_id in self.members.get(master_id, ()):
-                if patient_id not in scored and patient_id != exclude and self._rules_out(f, patient_id, exclude):
+                if patient_id in scored or patient_id == exclude:
+                    continue
+                if self._rules_out(f, patient_id, exclude) or conflicts(f, self.records[patient_id][1]):
                     candidates.append(self._candidate(f, patient_id, exclude))
         return sorted(candidates, key=lambda c: -c.probability)
 
@@ -170,7 +174,7 @@ class Pool:
         ruled_out = self._rules_out(f, patient_id, exclude)
         namesake = current.probability(current.reweigh(weight, 1 / self.population))
         graded = CERTAINLY_NOT if ruled_out else grade(current, levels, probability, namesake)
-        return Candidate(patient_id, master_id, probability, levels, graded, ruled_out)
+        return Candidate(patient_id, master_id, probability, levels, graded, ruled_out, conflicts(f, other))
 
     def _rules_out(self, f: Features, patient_id: str, exclude: str | None) -> bool:
         other = self.records[patient_id][1]
@@ -258,18 +262,22 @@ def _distinct(connection: Connection, ids: list[str], others: list[str]) -> set[
 
 def decide(candidates: Sequence[Candidate]) -> Decision:
     """Per master, its best record speaks for it, but one certainly-not (a different valid ID number, a steward's
-    "different") rules the master out. One certain or probable master: join it. Otherwise a master of its own,
-    with every possible master (and any other probable one) sent to review."""
+    "different") rules the master out, and one that disagrees on birth date or sex makes it doubtful at best. One
+    certain or probable master: join it. Otherwise a master of its own, with every possible or doubtful master (and
+    any other probable one) sent to review."""
     masters: dict[str, Candidate] = {}
     ruled_out: set[str] = set()
+    doubtful: set[str] = set()
     for candidate in candidates:
         if candidate.ruled_out:
             ruled_out.add(candidate.master_id)
+        if candidate.conflict:
+            doubtful.add(candidate.master_id)
         best = masters.get(candidate.master_id)
         if best is None or candidate.probability > best.probability:
             masters[candidate.master_id] = candidate
     ranked = sorted((c for m, c in masters.items() if m not in ruled_out and c.grade != CERTAINLY_NOT), key=lambda c: -c.probability)
-    linkable = [c for c in ranked if c.grade in (CERTAIN, PROBABLE)]
+    linkable = [c for c in ranked if c.grade in (CERTAIN, PROBABLE) and c.master_id not in doubtful]
     target = linkable[0] if linkable else None
     reviews = [c for c in ranked if c is not target][:MAX_REVIEWS_PER_RECORD]
     return Decision(target.master_id if target else None, target.probability if target else None, reviews, list(candidates))

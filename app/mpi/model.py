@@ -40,6 +40,11 @@ def two_people(a: Features, b: Features) -> bool:
     return a.id_valid and b.id_valid and a.id_number != b.id_number
 
 
+def conflicts(a: Features, b: Features) -> bool:
+    """Birth dates more than a typo apart, or different sexes: whatever else agrees, a steward decides."""
+    return _birth_date(a.birth_date, b.birth_date) == 2 or bool(a.sex and b.sex and a.sex != b.sex)
+
+
 def compare(a: Features, b: Features) -> Levels:
     return {
         "id_number": _id_number(a, b),
@@ -118,11 +123,17 @@ def _address(a: Features, b: Features) -> int | None:
     same_region = a.region is None or b.region is None or a.region == b.region
     if a.address and a.address == b.address and same_region:
         return 0
-    if a.dwelling and a.dwelling == b.dwelling and same_region:
+    if a.dwelling and a.dwelling == b.dwelling and same_region and _same_street(a.street, b.street):
         return 1
     if a.region and a.region == b.region:
         return 2
     return 3
+
+
+def _same_street(a: str | None, b: str | None) -> bool:
+    """One street, or not known on one side: 8-3-1303 on 劲松路 is not 8-3-1303 on 学院路. One may hold the other
+    ("北京市劲松路" and "劲松路": what was left of a city written out)."""
+    return not a or not b or a in b or b in a
 
 
 @dataclass

@@ -187,3 +187,26 @@ def test_a_name_written_down_by_ear_without_zh_or_ng_is_the_same_sound(client: T
     post(client, resident("CENG", "JIANGUO", born, number=None, mrn=(CHC_MRN, "E3")))
     assert master_of(client, f"{HOSPITAL_MRN}|E1") == master_of(client, f"{CHC_MRN}|E2") == master_of(client, f"{CHC_MRN}|E3")
     assert client.get("/mpi/reviews").json()["reviews"] == []
+
+
+def test_the_same_flat_numbers_on_another_street_are_not_the_same_home(client: TestClient) -> None:
+    born = "1971-12-30"
+    post(client, resident("司马", "晓燕", born, number=id_number(born, 88), mrn=(HOSPITAL_MRN, "F1"), gender="female"))
+    other = resident("司马", "晓燕", born, number=None, mrn=(CHC_MRN, "F2"), gender="female", phone="13655556666",
+                     address="学院路3-2-502")
+    post(client, {k: v for k, v in other.items() if k != "birthDate"})
+    assert master_of(client, f"{HOSPITAL_MRN}|F1") != master_of(client, f"{CHC_MRN}|F2")
+
+
+def test_a_record_does_not_join_a_master_holding_someone_born_another_year(client: TestClient) -> None:
+    # 王鹏 born 1969 and a record of him without birth date or ID number (his home and phone): one master
+    post(client, resident("王", "鹏", "1969-08-12", number=id_number("1969-08-12", 13), mrn=(HOSPITAL_MRN, "W1")))
+    undated = resident("王", "鹏", "1969-08-12", number=None, mrn=(CHC_MRN, "W2"))
+    post(client, {k: v for k, v in undated.items() if k != "birthDate"})
+    father = master_of(client, f"{HOSPITAL_MRN}|W1")
+    assert master_of(client, f"{CHC_MRN}|W2") == father
+    # another 王鹏 of that home, born 1949: he agrees with the undated record, not with the master's other record
+    elder = post(client, resident("王", "鹏", "1949-03-02", number=None, mrn=(CHC_MRN, "W3")))
+    assert master_of(client, f"{CHC_MRN}|W3") != father
+    queue = client.get("/mpi/reviews").json()["reviews"]
+    assert [(r["patient"], r["master"]) for r in queue] == [(f"Patient/{elder}", f"Patient/{father}")]
