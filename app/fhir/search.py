@@ -14,7 +14,7 @@ MODIFIERS = {
     "string": {"exact", "contains", "missing"},
     "token": {"not", "missing", "text"},
     "date": {"missing"},
-    "reference": {"missing"},
+    "reference": {"missing", "mdm"},
 }
 
 
@@ -151,6 +151,8 @@ def criterion(resource_type: str, key: str, value: str) -> Criterion | None:
             raise UnknownParameter(f"modifier :{modifier} is not supported on {kind} parameter {name}", expression=[key])
         if modifier == "missing" and value not in ("true", "false"):
             raise InvalidRequest(f"{key} must be true or false", expression=[key])
+        if modifier == "mdm" and any("/" in item and not item.startswith("Patient/") for item in values):
+            raise InvalidRequest(f"{key}: :mdm expands a resident, so its values are Patients", expression=[key])
     if kind == "date":
         for item in values:
             _check_date(key, item)

@@ -121,9 +121,20 @@ def _value(sql: Sql, a: str, criterion: Criterion, value: str, zone: ZoneInfo, b
         low, high = dates.date_range(raw, zone)
         return date_condition(sql, prefix, low, high, f"{a}.low", f"{a}.high")
     target = parse_reference(value, base_url)
+    if criterion.modifier == "mdm":
+        return f"{a}.target_type = 'Patient' AND {a}.target_id IN ({_resident(sql, target[1] if target else value)})"
     if target is None or not target[0]:
         return f"{a}.target_id = {sql.param(target[1] if target else value)}"
     return f"{a}.target_id = {sql.param(target[1])} AND {a}.target_type = {sql.param(target[0])}"
+
+
+def _resident(sql: Sql, patient_id: str) -> str:
+    """The ids of the resident a Patient stands for (`:mdm`, as HAPI FHIR's MDM names it): the Patient, its master
+    and every source record of that master, whichever of them `patient_id` is."""
+    given = sql.param(patient_id)
+    master = f"SELECT x.master_id FROM mpi_record x WHERE x.patient_id = {given}"
+    return (f"SELECT m.patient_id FROM mpi_record m WHERE m.master_id = {given} OR m.master_id IN ({master})"
+            f" UNION {master} UNION SELECT {given}")
 
 
 def _escape_like(value: str) -> str:
