@@ -117,8 +117,10 @@ class Hl7Scope:
     def _groups(self, segment_id: str) -> list[dict[str, Any]]:
         """Each occurrence of the segment with the segments that follow it up to the next one (its group: an ORC's
         OBR and NTE). A segment that stands only in other groups is absent from this one (an order without a note
-        does not take the next order's); one that also stands before the first occurrence is the message's (PID,
-        PV1; an ORU's OBR, which heads the OBX that follow)."""
+        does not take the next order's). One that also stands before the first occurrence heads the groups: each
+        reads the nearest one before it (PID and PV1, once per message; an ORU's OBR, so that the OBX after a
+        second OBR are that order's results), except a note (NTE), which belongs to the segment it follows: one
+        before the first occurrence stays the message's."""
         segments = list(self.message)
         starts = [i for i, segment in enumerate(segments) if str(segment[0][0]) == segment_id]
         if not starts:
@@ -126,8 +128,15 @@ class Hl7Scope:
         outside = {str(segment[0][0]) for segment in segments[: starts[0]]}
         inside = {str(segment[0][0]) for segment in segments[starts[0]:]} - outside
         groups = []
+        heads: dict[str, Any] = {}  # the nearest segment of each heading kind so far
+        scanned = 0
         for start, end in zip(starts, [*starts[1:], len(segments)], strict=True):
-            group: dict[str, Any] = dict.fromkeys(inside)
+            for segment in segments[scanned:start]:
+                kind = str(segment[0][0])
+                if kind in outside and (kind != "NTE" or kind not in heads):
+                    heads[kind] = segment
+            scanned = start
+            group: dict[str, Any] = {**heads, **dict.fromkeys(inside)}
             for segment in reversed(segments[start:end]):
                 if str(segment[0][0]) in inside:
                     group[str(segment[0][0])] = segment

@@ -14,7 +14,8 @@ form's Condition is I10 unless the form names a code); `create_only: true` makes
     {code: sex, from: PID-8}       a code table lookup (mappings/codes/sex.yaml); an unknown code is an error,
                                    unless `optional: true` (then absent); `default:` when the field is empty
     {fn: hl7_date, args: [PID-7]}  a named function (app/mapping/functions.py)
-    {ref: patient}                 a Reference to another resource of this mapping (`refs`: to all of them)
+    {ref: patient}                 a Reference to another resource of this mapping (`refs`: to all of them;
+                                   `same: [OBR-3.1]`: to those made where these paths read what they read here)
     {ref: role, id: [.staff_id]}   a Reference to the resource of that key these values identify (its `id` paths read
                                    here): one of several made by `each`, or one another record makes (a renewed
                                    contract's predecessor); it may name a resource not stored yet
@@ -76,6 +77,7 @@ class _Run:
     source: dict[str, Any]
     types: dict[str, str]
     ids: dict[str, list[str]] = field(default_factory=dict)
+    scopes: dict[str, list[Scope]] = field(default_factory=dict)  # the scope each of `ids` was made in
 
 
 @cache
@@ -122,6 +124,7 @@ def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> lis
         for scope in scopes:
             resource_id = _resource_id(spec, scope, source)
             run.ids.setdefault(spec["key"], []).append(resource_id)
+            run.scopes.setdefault(spec["key"], []).append(scope)
             planned.append((spec, scope, resource_id))
     produced = []
     for spec, scope, resource_id in planned:
@@ -265,7 +268,11 @@ def _reference(template: dict[str, Any], scope: Scope, run: _Run, where: str) ->
             return None, False
         resource_id = _uuid(run.source, run.types[key], values)
         return {"reference": f"{run.types[key]}/{resource_id}"}, True
-    references = [{"reference": f"{run.types[key]}/{i}"} for i in run.ids.get(key, [])]
+    made = zip(run.ids.get(key, []), run.scopes.get(key, []), strict=True)
+    if "same" in template:  # only those made where these paths read what they read here (the OBX of this OBR)
+        here = [_optional(path, scope) for path in template["same"]]
+        made = ((i, there) for i, there in made if [_optional(path, there) for path in template["same"]] == here)
+    references = [{"reference": f"{run.types[key]}/{i}"} for i, _ in made]
     if "refs" in template:
         return (references or None), bool(references)
     return (references[0] if references else None), bool(references)
