@@ -268,10 +268,10 @@ def _reference(template: dict[str, Any], scope: Scope, run: _Run, where: str) ->
             return None, False
         resource_id = _uuid(run.source, run.types[key], values)
         return {"reference": f"{run.types[key]}/{resource_id}"}, True
-    made = zip(run.ids.get(key, []), run.scopes.get(key, []), strict=True)
+    made = list(zip(run.ids.get(key, []), run.scopes.get(key, []), strict=True))
     if "same" in template:  # only those made where these paths read what they read here (the OBX of this OBR)
         here = [_optional(path, scope) for path in template["same"]]
-        made = ((i, there) for i, there in made if [_optional(path, there) for path in template["same"]] == here)
+        made = [(i, there) for i, there in made if [_optional(path, there) for path in template["same"]] == here]
     references = [{"reference": f"{run.types[key]}/{i}"} for i, _ in made]
     if "refs" in template:
         return (references or None), bool(references)
