@@ -327,21 +327,27 @@ def rebuild(batch_size: int = 500) -> tuple[int, int]:
 
 
 def _people(session: Session, masters: list[str]) -> dict[str, Person]:
-    """Each master's records: its Patients (master and sources), Conditions, enrolments and registry entries."""
+    """Each master's records: its Patients (master and sources), Conditions, enrolments and registry entries. Only
+    masters with a Condition or an EpisodeOfCare (an enrolment, an entry) are read: any other is in no registry
+    and has no entry to cancel, and most residents of a district's initial load are such."""
     owner = {m: m for m in masters} | index.sources(session, masters)
-    people = {m: Person(m, [], [], [], {}) for m in masters}
     # found by indexed look-ups on ids (the reference index, the type-and-id key), never by `resource.patient` with
     # the resource types, for which PostgreSQL, its statistics lagging during a district's initial load, scanned
     # every Patient
-    pks = list(session.scalars(select(search_reference.c.resource_pk).where(
+    clinical = session.execute(select(search_reference.c.resource_pk, search_reference.c.target_id).where(
         among(session, search_reference.c.target_id, owner), search_reference.c.target_type == "Patient",
-        search_reference.c.param == "patient", search_reference.c.res_type.in_(("Condition", "EpisodeOfCare")))))
-    pks += session.scalars(select(resource.c.pk).where(resource.c.res_type == "Patient", among(session, resource.c.res_id, owner)))
+        search_reference.c.param == "patient", search_reference.c.res_type.in_(("Condition", "EpisodeOfCare")))).all()
+    people = {m: Person(m, [], [], [], {}) for m in sorted({owner[patient] for _, patient in clinical if patient in owner})}
+    if not people:
+        return {}
+    pks = [pk for pk, _ in clinical]
+    pks += session.scalars(select(resource.c.pk).where(
+        resource.c.res_type == "Patient", among(session, resource.c.res_id, [p for p, m in owner.items() if m in people])))
     rows = session.execute(
         select(resource.c.res_type, resource.c.patient, resource_version.c.content)
         .join(resource_version, store.CURRENT_VERSION).where(among(session, resource.c.pk, pks), resource.c.deleted.is_(False)))
     for res_type, patient_id, text in rows:
-        if patient_id not in owner:
+        if owner.get(patient_id) not in people:
             continue
         content = orjson.loads(text)
         person = people[owner[patient_id]]

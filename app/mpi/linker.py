@@ -25,7 +25,7 @@ from app.errors import Conflict, Forbidden, NotFound
 from app.mpi import features as feature_reader
 from app.mpi import golden, names
 from app.mpi.features import Features
-from app.mpi.model import CERTAIN, CERTAINLY_NOT, PROBABLE, Levels, Model, compare, conflicts, grade, two_people
+from app.mpi.model import CERTAIN, CERTAINLY_NOT, ID_DIFFERENT, PROBABLE, Levels, Model, compare, conflicts, grade, two_people
 from app.mpi.tables import mpi_block, mpi_distinct, mpi_link_event, mpi_record, mpi_review
 from app.store import dates
 from app.store.rules import WriteRule
@@ -166,15 +166,18 @@ class Pool:
         return sorted(candidates, key=lambda c: -c.probability)
 
     def _candidate(self, f: Features, patient_id: str, exclude: str | None) -> Candidate:
-        current = model()
         master_id, other = self.records[patient_id]
+        if self._rules_out(f, patient_id, exclude):
+            # two people whatever else agrees: nothing to weigh (most candidates a common name brings, at 1M records)
+            return Candidate(patient_id, master_id, 0.0, {"id_number": ID_DIFFERENT} if two_people(f, other) else {},
+                             CERTAINLY_NOT, ruled_out=True)
+        current = model()
         levels = compare(f, other)
         weight = current.weight(levels, partial(_share, self.shares, f))
         probability = current.probability(weight)
-        ruled_out = self._rules_out(f, patient_id, exclude)
         namesake = current.probability(current.reweigh(weight, 1 / self.population))
-        graded = CERTAINLY_NOT if ruled_out else grade(current, levels, probability, namesake)
-        return Candidate(patient_id, master_id, probability, levels, graded, ruled_out, conflicts(f, other))
+        return Candidate(patient_id, master_id, probability, levels, grade(current, levels, probability, namesake),
+                         conflict=conflicts(f, other))
 
     def _rules_out(self, f: Features, patient_id: str, exclude: str | None) -> bool:
         other = self.records[patient_id][1]

@@ -82,7 +82,7 @@ def _given_sound(name: names.Name) -> str:
     return names.sound(name.pinyin[len(name.surname):])
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 19)
 def _close(x: str, y: str) -> bool:
     """Given names one edit apart in their pinyin letters, or one the start of the other (a dropped character).
     Cached: a district's given names are few, and a rebuild compares them millions of times."""
