@@ -7,6 +7,12 @@ Bundles of 100 Patients to `qiao serve` on a scratch PostgreSQL database with QI
 itself, the baseline: the same machine storing the same Patients without matching). Then `qiao mpi rebuild` runs
 as its own process: its wall time per phase, its peak memory (max RSS), records per second as a ratio to the load
 rate, and the pairwise quality of the masters it made and the share of records it sent to review.
+
+Then online matching against that index (`--online N`, default 1,000): N further records of the same generator,
+held out of the load (so some are new residents and some are more records of residents in the index), are posted
+one at a time as single Patients to `qiao serve`, once with matching switched off (the baseline, same run: the same
+write without matching) and once with it, each time as new Patients. Reported: p50 and p99 latency of each, and the
+matching's share as a ratio.
 """
 
 import argparse
@@ -14,15 +20,19 @@ import hashlib
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
+import orjson
 import psycopg
 
 from tests.benchmarks import residents
-from tests.benchmarks.common import ADMIN_URL, drop_database, migrated_database, qiao_server, url_of
+from tests.benchmarks.common import ADMIN_URL, drop_database, migrated_database, operator_token, qiao_server, url_of
 from tests.benchmarks.mpi_quality import post_records, quality
 from tests.benchmarks.residents import generate
 
@@ -37,12 +47,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--reuse", action="store_true",
                         help=f"keep the load in database {TEMPLATE} and start from it when the records and seed are the same")
+    parser.add_argument("--online", type=int, default=1000, help="records held out of the load, then matched online one by one")
     options = parser.parse_args()
 
     records = generate(options.records, seed=options.seed)
     random.Random(options.seed).shuffle(records)
-    print(f"mpi rebuild: {len(records)} records of {len({p for _, p, _ in records})} people (seed {options.seed})")
-    kept = f"records={len(records)} seed={options.seed} generator={_generator_digest()}"
+    records, held_out = records[:len(records) - options.online], records[len(records) - options.online:]
+    print(f"mpi rebuild: {len(records)} records of {len({p for _, p, _ in records})} people (seed {options.seed}),"
+          f" {len(held_out)} held out for online matching")
+    kept = f"records={len(records)} seed={options.seed} online={len(held_out)} generator={_generator_digest()}"
     if options.reuse and _template_holds(kept):
         database_url = _from_template()
         placed, load_rate = _kept_load()
@@ -74,6 +87,34 @@ def main() -> None:
     person_of = {record_id: person for record_id, person, _ in records if record_id in placed}
     print(quality(person_of, {r: master_of[placed[r]] for r in person_of}).line("masters"))
     print(f"  review queue: {len(in_review)} records ({len(in_review) / len(placed):.2%})")
+    if held_out:
+        online(database_url, held_out, len(master_of))
+
+
+def online(database_url: str, held_out: list[tuple[str, str, dict[str, Any]]], indexed: int) -> None:
+    """Each held-out record POSTed alone, one after another: without matching (baseline), then with it."""
+    bodies = [orjson.dumps(patient) for _, _, patient in held_out]
+    latencies: dict[str, list[float]] = {}
+    for mode, env in (("without matching", {"QIAO_MPI_ONLINE": "false"}), ("with matching", {})):
+        with qiao_server(database_url, workers=1, env={**env, "QIAO_MLLP_PORT": "0"}) as server, httpx.Client(timeout=60) as http:
+            headers = {**operator_token(database_url), "Content-Type": "application/fhir+json"}
+            taken = latencies[mode] = []
+            for body in bodies:
+                started = time.perf_counter()
+                response = http.post(f"{server.url}/Patient", content=body, headers=headers)
+                taken.append(time.perf_counter() - started)
+                if response.status_code != 201:
+                    raise SystemExit(f"online {mode}: {response.status_code} {response.text[:300]}")
+    base, matched = latencies["without matching"], latencies["with matching"]
+    print(f"online: {len(bodies)} Patients POSTed one at a time against an index of {indexed} records")
+    for mode, taken in latencies.items():
+        print(f"  {mode:17} p50 {statistics.median(taken) * 1000:6.1f} ms  p99 {_p99(taken) * 1000:6.1f} ms")
+    print(f"  matching adds p50 {(statistics.median(matched) - statistics.median(base)) * 1000:.1f} ms,"
+          f" p99 {(_p99(matched) - _p99(base)) * 1000:.1f} ms ({_p99(matched) / _p99(base):.2f}× the write's p99)")
+
+
+def _p99(values: list[float]) -> float:
+    return sorted(values)[int(len(values) * 0.99)]
 
 
 def _generator_digest() -> str:

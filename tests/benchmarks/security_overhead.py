@@ -14,9 +14,11 @@ and its speed drifts: the same server under the same read load took 1,400 to 2,1
 minutes (2026-12-03), more than the overhead being measured, so rounds of a minute each compared the machine's
 moments more than the two servers.
 
-Two loads, each in its own slices: closed-loop saturation (16 clients back to back: latency there is mostly
-queueing, so it measures throughput) and a fixed rate of half the insecure server's saturated throughput (open loop:
-the latency a request sees on a server that is busy but not overloaded).
+Three loads, each in its own slices: closed-loop saturation (16 clients back to back: latency there is mostly
+queueing, so it measures throughput), a fixed rate of half the insecure server's saturated throughput (open loop:
+the latency a request sees on a server that is busy but not overloaded; the secured server, having less capacity,
+is busier at the same rate, so queueing magnifies its overhead here) and a single client (one request at a time:
+the latency of a request with no queue, which is the cost of the work itself).
 """
 
 import argparse
@@ -96,15 +98,15 @@ def main() -> None:
         for kind, paths in (("read", read_path), ("search", search_path)):
             for server, headers in servers.values():
                 http_load(server.url, paths, clients=args.clients, seconds=WARM_UP, headers=headers)
-            for mode in ("saturated", "steady"):
-                rate = None
+            for mode in ("saturated", "steady", "single"):
+                rate, load_clients = None, 1 if mode == "single" else args.clients
                 if mode == "steady":  # half the insecure server's saturated throughput (median of its slices)
                     rate = rates[kind] = statistics.median(saturated_rates[kind]) / 2
                 for slice_ in range(args.rounds):
                     for name in _order(slice_):
                         server, headers = servers[name]
                         before = server.cpu_seconds(), cpu_seconds(postgres_pids())
-                        result = http_load(server.url, paths, clients=args.clients, seconds=args.seconds, headers=headers,
+                        result = http_load(server.url, paths, clients=load_clients, seconds=args.seconds, headers=headers,
                                            rate=rate)
                         time.sleep(SETTLE)  # the reads' audits are written (QIAO_AUDIT_FLUSH_SECONDS) within the slice's count
                         if result.errors:
@@ -123,11 +125,11 @@ def main() -> None:
         print(f"  CPU per {kind} {name + ' security':17}: server {server_cpu / requests * 1e6:.0f} µs,"
               f" PostgreSQL {database_cpu / requests * 1e6:.0f} µs (saturated slices)")
     for kind in ("read", "search"):
-        for mode in ("saturated", "steady"):
+        for mode in ("saturated", "steady", "single"):
             base, secure = results[("without", kind, mode)], results[("with", kind, mode)]
             p50 = statistics.median(secure) / statistics.median(base)
             p99 = _p99(secure) / _p99(base)
-            at = "" if mode == "saturated" else f" at {rates[kind]:.0f}/s"
+            at = f" at {rates[kind]:.0f}/s" if mode == "steady" else ""
             print(f"  {kind} {mode}{at}: p50 {statistics.median(base) * 1000:.2f} -> {statistics.median(secure) * 1000:.2f} ms"
                   f" ({p50 - 1:+.0%}), p99 {_p99(base) * 1000:.1f} -> {_p99(secure) * 1000:.1f} ms ({p99 - 1:+.0%}),"
                   f" requests {len(secure) / len(base):.2f} x")
