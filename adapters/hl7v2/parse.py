@@ -7,6 +7,9 @@ with a BOM), and segment ends other than CR. Paths read like the standard's own 
     PID-5.1          field 5, component 1 (first repetition)
     PID-3[5=NNCHN].1 the repetition of PID-3 whose component 5 is NNCHN, its component 1 (`|` separates choices)
     PID-13[2].1      the second repetition
+    OBX(3.1=SBP|8480-6)-5
+                     field 5 of the first OBX whose field 3, component 1 is SBP or 8480-6 (a result picked by
+                     its code, wherever it stands in the message)
     .1               in a scope made by each("PID-13"): component 1 of the current repetition
 """
 
@@ -25,7 +28,8 @@ CHARSETS = {
     "GB 2312": "gb18030", "ISO IR58": "gb18030", "CNS 11643-1992": "big5", "BIG-5": "big5",
     "ASCII": "ascii", "8859/1": "latin-1",
 }
-_PATH = re.compile(r"^(?P<segment>[A-Z][A-Z0-9]{2})-(?P<field>\d+)(?:\[(?P<select>[^\]]+)\])?(?P<rest>(?:\.\d+){0,2})$")
+_PATH = re.compile(r"^(?P<segment>[A-Z][A-Z0-9]{2})(?:\((?P<where>\d+(?:\.\d+)?)=(?P<wanted>[^)]+)\))?-(?P<field>\d+)"
+                   r"(?:\[(?P<select>[^\]]+)\])?(?P<rest>(?:\.\d+){0,2})$")
 _RELATIVE = re.compile(r"^(?:\.\d+){1,2}$")
 Repetition = list[list[str]]  # components, each a list of subcomponents
 
@@ -101,15 +105,27 @@ class Hl7Scope:
         match = _PATH.match(path)
         if match is None:
             raise MessageError(f"invalid HL7 v2 path {path!r}", path)
-        repetitions = self._repetitions(match["segment"], int(match["field"]))
+        segment = self._where(match["segment"], match["where"], match["wanted"]) if match["where"] else None
+        repetitions = self._repetitions(match["segment"], int(match["field"]), segment)
         chosen = _select(repetitions, match["select"], path)
         return _leaf(chosen, match["rest"]) if chosen is not None else None
+
+    def _where(self, segment_id: str, where: str, wanted: str) -> Any:
+        """The first segment of the message whose field (`3` or `3.1`) holds one of the wanted values; False when none
+        does (so the path reads nothing)."""
+        number, _, component = where.partition(".")
+        choices = set(wanted.split("|"))
+        for segment in self._segments(segment_id):
+            first = self._repetitions(segment_id, int(number), segment)[:1]
+            if first and _leaf(first[0], f".{component or 1}") in choices:
+                return segment
+        return False
 
     def each(self, path: str) -> list[Scope]:
         if re.fullmatch(r"[A-Z][A-Z0-9]{2}", path):
             return [Hl7Scope(self.message, {**self.current, **group}, None, self.by_id) for group in self._groups(path)]
         match = _PATH.match(path)
-        if match is None or match["select"] or match["rest"]:
+        if match is None or match["select"] or match["rest"] or match["where"]:
             raise MessageError(f"each needs a segment (OBX) or a field (PID-13), not {path!r}", path)
         repetitions = self._repetitions(match["segment"], int(match["field"]))
         return [Hl7Scope(self.message, self.current, r, self.by_id) for r in repetitions if any(any(c) for c in r)]
@@ -149,13 +165,15 @@ class Hl7Scope:
                 self.by_id.setdefault(str(segment[0][0]), []).append(segment)
         return self.by_id.get(segment_id, [])
 
-    def _repetitions(self, segment_id: str, number: int) -> list[Repetition]:
-        if segment_id in self.current:
+    def _repetitions(self, segment_id: str, number: int, segment: Any = None) -> list[Repetition]:
+        """Field `number`'s repetitions, of `segment` when given (False: none), else of the scope's own segment of
+        that id."""
+        if segment is None and segment_id in self.current:
             segment = self.current[segment_id]  # None: not in this scope's group
-        else:
+        elif segment is None:
             found = self._segments(segment_id)
             segment = found[0] if found else None
-        if segment is None or number >= len(segment) or number < 1:
+        if not segment or number >= len(segment) or number < 1:
             return []
         if segment_id == "MSH" and number in (1, 2):
             return [[[str(segment[number][0])]]]

@@ -100,6 +100,10 @@ def test_results_become_observations_with_loinc_and_ucum_and_a_report(client: Te
     patient = fhir(client, "Patient", identifier=f"urn:oid:2.16.156.10011.1.3|{ID_CARD}")["entry"][0]["resource"]
     assert patient["meta"]["versionId"] == "1"  # a result message does not overwrite demographics
     assert systolic["subject"]["reference"] == f"Patient/{patient['id']}"
+    # the pair is also the panel a public-health follow-up records, found by the code the follow-up searches
+    panel = fhir(client, "Observation", code="http://loinc.org|85354-9")["entry"][0]["resource"]
+    assert [(c["code"]["coding"][0]["code"], c["valueQuantity"]["value"]) for c in panel["component"]] == [("8480-6", 150), ("8462-4", 95)]
+    assert panel["subject"] == systolic["subject"] and panel["effectiveDateTime"] == systolic["effectiveDateTime"]
 
 
 def test_a_message_that_fails_to_map_is_kept_named_and_replayable(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,7 @@ import pytest
 from adapters.base import MessageError
 from adapters.hl7v2 import parse
 from app.mapping import functions
-from tests.ingest.messages import adt
+from tests.ingest.messages import adt, oru
 
 
 @pytest.mark.parametrize(("raw", "default", "codec"), [
@@ -29,6 +29,14 @@ def test_segment_ends_escapes_repetitions_and_selectors() -> None:
     assert scope.get("PID-11.1") == "和平里&1号" and scope.get("PID-99") is None and scope.get("ZZZ-1") is None
     assert [s.get(".1") for s in scope.each("PID-3")] == ["MZ1001", "110105194912310021"]
     assert scope.get("MSH-9.2") == "A04" and scope.get("MSH-2") == "^~\\&"
+
+
+def test_a_segment_picked_by_a_field_value() -> None:
+    scope = parse.parse(oru().encode()).scope
+    assert scope.get("OBX(3.1=DBP|8462-4)-5") == "95" and scope.get("OBX(3=GLU)-1") == "7"
+    assert scope.get("OBX(3.1=CREA)-5") is None and scope.get("OBX-5") == "150"
+    with pytest.raises(MessageError):
+        scope.each("OBX(3.1=SBP)-5")
 
 
 @pytest.mark.parametrize("raw", [b"", b"PID|1", b"MSH|", "MSH|^~\\&|无效".encode("utf-16")])
