@@ -150,7 +150,7 @@ class Pool:
         by_pk = {row.pk: row.patient_id for row in rows}
         records = {row.patient_id: (row.master_id, Features.from_json(orjson.loads(row.features))) for row in rows}
         distinct = _distinct(connection, list(ids), list(records)) if ids and records else set()
-        population = max(_population(connection), get_settings().mpi_min_population)
+        population = max(_census(connection).residents, get_settings().mpi_min_population)
         return cls({key: [by_pk[pk] for pk in found if pk in by_pk] for key, found in under.items()}, records,
                    _shares(connection, batch, population), distinct, population)
 
@@ -221,10 +221,12 @@ def _pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
-#: a value held by at least this many residents is counted again only after COMMON_FOR seconds: counting 张伟's
-#: 2,000 records took 4-8 ms of every write that named him, and so common a value's share moves slowly
+#: a value under at least this many records is not counted resident by resident: its records are counted (an
+#: index-only scan) and divided by the index's records per resident, and the result kept for COMMON_FOR seconds.
+#: Counting 王艳's 2,000 records' distinct masters took 35-80 ms of a write at 1M records; so common a value's share
+#: moves slowly, and a share is an estimate in any case (SHARE_SAMPLE)
 COMMON, COMMON_FOR = 100, 600.0
-_common: dict[tuple[str, str], tuple[float, int]] = {}  # (database, key) → (counted at, residents)
+_common: dict[tuple[str, str], tuple[float, float]] = {}  # (database, key) → (counted at, residents)
 
 
 def _shares(connection: Connection, batch: Sequence[Features], population: int) -> dict[str, float]:
@@ -233,22 +235,24 @@ def _shares(connection: Connection, batch: Sequence[Features], population: int) 
     if not keys:
         return {}
     url, now = str(connection.engine.url), time.monotonic()
-    counts = {key: found[1] for key in keys if (found := _common.get((url, key))) and now - found[0] < COMMON_FOR}
-    missing = [key for key in keys if key not in counts]
+    residents = {key: found[1] for key in keys if (found := _common.get((url, key))) and now - found[0] < COMMON_FOR}
+    missing = [key for key in keys if key not in residents]
     if missing:
         sample = _first(connection, missing, SHARE_SAMPLE)
-        counted = connection.execute(
-            select(sample.c.key, func.count(func.distinct(mpi_record.c.master_id)))
-            .join(mpi_record, mpi_record.c.pk == sample.c.record_pk)
-            .group_by(sample.c.key)
-        ).all()
+        records = dict(connection.execute(select(sample.c.key, func.count()).group_by(sample.c.key)).tuples().all())
+        rare = [key for key, count in records.items() if count < COMMON]
+        if rare:
+            sample = _first(connection, rare, COMMON)
+            residents.update(connection.execute(
+                select(sample.c.key, func.count(func.distinct(mpi_record.c.master_id)))
+                .join(mpi_record, mpi_record.c.pk == sample.c.record_pk).group_by(sample.c.key)).tuples().all())
         if len(_common) > 100_000:
             _common.clear()
-        for key, count in counted:
-            counts[key] = count
-            if count >= COMMON:
-                _common[(url, key)] = (now, count)
-    return {key: max(count, 1) / population for key, count in counts.items()}
+        per_resident = _census(connection).records_per_resident
+        for key in set(records) - set(rare):
+            residents[key] = records[key] / per_resident
+            _common[(url, key)] = (now, residents[key])
+    return {key: max(count, 1) / population for key, count in residents.items()}
 
 
 def _share(shares: dict[str, float], f: Features, comparison: str, level: int) -> float | None:
@@ -261,36 +265,48 @@ def _share(shares: dict[str, float], f: Features, comparison: str, level: int) -
     return None
 
 
-_population_cache: dict[str, tuple[float, int]] = {}
+@dataclass(frozen=True)
+class Census:
+    residents: int  # masters
+    records: int
+
+    @property
+    def records_per_resident(self) -> float:
+        return self.records / self.residents if self.residents else 1.0
+
+
+_censuses: dict[str, tuple[float, Census]] = {}
 _recounting: set[str] = set()
 
 
-def _population(connection: Connection) -> int:
-    """The number of residents (masters), recounted at most once a minute per database. On PostgreSQL the recount
-    runs beside the writes, which go on with the last count meanwhile: it reads the whole index (1.5 s at 1M)."""
+def _census(connection: Connection) -> Census:
+    """The index's residents and records, recounted at most once a minute per database. On PostgreSQL the recount
+    runs beside the writes, which go on with the last count meanwhile: it reads the whole index (1.2 s at 1M)."""
     url = str(connection.engine.url)
-    counted_at, count = _population_cache.get(url, (None, 0))
+    counted_at, census = _censuses.get(url, (None, Census(0, 0)))
     if counted_at is None or (time.monotonic() - counted_at > 60 and connection.dialect.name != "postgresql"):
-        count = _count_residents(connection)
-        _population_cache[url] = (time.monotonic(), count)
+        census = _count(connection)
+        _censuses[url] = (time.monotonic(), census)
     elif time.monotonic() - counted_at > 60 and url not in _recounting:
         _recounting.add(url)
-        threading.Thread(target=_recount, args=(connection.engine, url), name="qiao-mpi-population", daemon=True).start()
-    return count
+        threading.Thread(target=_recount, args=(connection.engine, url), name="qiao-mpi-census", daemon=True).start()
+    return census
 
 
 def _recount(engine: Engine, url: str) -> None:
     try:
         with engine.connect() as connection:
-            _population_cache[url] = (time.monotonic(), _count_residents(connection))
+            _censuses[url] = (time.monotonic(), _count(connection))
     except Exception as error:  # noqa: BLE001 - the last count stands; the next write tries again
-        log.warning("mpi.population_recount_failed", extra=fields(error=type(error).__name__))
+        log.warning("mpi.census_failed", extra=fields(error=type(error).__name__))
     finally:
         _recounting.discard(url)
 
 
-def _count_residents(connection: Connection) -> int:
-    return int(connection.scalar(select(func.count(func.distinct(mpi_record.c.master_id)))) or 0)
+def _count(connection: Connection) -> Census:
+    residents, records = connection.execute(select(func.count(func.distinct(mpi_record.c.master_id)), func.count())
+                                            .select_from(mpi_record)).one()
+    return Census(int(residents or 0), int(records or 0))
 
 
 def _distinct(connection: Connection, ids: list[str], others: list[str]) -> set[tuple[str, str]]:
