@@ -69,16 +69,19 @@ def match(session: Session, parameters: Any, base: str) -> dict[str, Any]:
     ranked = sorted(best.values(), key=lambda c: (c.ruled_out, -c.probability))
     if only_certain:
         ranked = [c for c in ranked if c.grade == "certain"]
+    ranked = ranked[:count]
+    masters = store.read_visible(session, "Patient", [c.master_id for c in ranked])
+    ranked = [c for c in ranked if c.master_id in masters]  # a master this client may not see is not named
     entries = []
-    for candidate in ranked[:count]:
-        stored = store.read(session, "Patient", candidate.master_id, audit=False)
+    for candidate in ranked:
+        stored = masters[candidate.master_id]
         entries.append({
             "fullUrl": f"{base}/Patient/{candidate.master_id}",
             "resource": orjson.loads(stored.content or "{}"),
             "search": {"mode": "match", "score": 0.0 if candidate.ruled_out else round(candidate.probability, 4),
                        "extension": [{"url": MATCH_GRADE, "valueCode": candidate.grade}]},
         })
-    audit_trail.record(principal, "search", patients=[c.master_id for c in ranked[:count]], query="Patient/$match")
+    audit_trail.record(principal, "search", patients=[c.master_id for c in ranked], query="Patient/$match")
     return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
 
 

@@ -162,3 +162,16 @@ def test_a_group_names_only_the_members_the_reader_may_see(client: TestClient, i
 
     post(client, chc, consent_denying(community["patient"], "hosp-1"))
     assert "member" not in client.get(f"/fhir/Group/{group}", headers=hospital).json()
+
+
+def test_match_names_only_the_masters_the_client_may_see(client: TestClient, institutions: dict[str, Headers],
+                                                          community: dict[str, str]) -> None:
+    query = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": patient("李", "秀英", id_card="440524188001010014")}]}
+
+    def matched(headers: Headers) -> list[str]:
+        response = client.post("/fhir/Patient/$match", json=query, headers={**headers, **FHIR_JSON})
+        assert response.status_code == 200, response.text
+        return [e["resource"]["id"] for e in response.json().get("entry", [])]
+
+    assert matched(institutions["cdc"])  # access "all"
+    assert matched(institutions["hospital"]) == []  # not in the hospital's care: not even named

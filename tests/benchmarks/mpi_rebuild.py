@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help=f"keep the load in database {TEMPLATE} and start from it when the records and seed are the same")
     parser.add_argument("--online", type=int, default=1000, help="records held out of the load, then matched online one by one")
+    parser.add_argument("--online-only", action="store_true",
+                        help=f"only the online part, against the index the last run left in {DATABASE} (it keeps what earlier online runs wrote)")
     options = parser.parse_args()
 
     records = generate(options.records, seed=options.seed)
@@ -57,6 +59,11 @@ def main() -> None:
     print(f"mpi rebuild: {len(records)} records of {len({p for _, p, _ in records})} people (seed {options.seed}),"
           f" {len(held_out)} held out for online matching")
     kept = f"records={len(records)} seed={options.seed} online={len(held_out)} generator={_generator_digest()}"
+    if options.online_only:
+        with psycopg.connect(url_of(DATABASE)) as connection:
+            indexed = connection.execute("SELECT count(*) FROM mpi_record").fetchone()
+        online(url_of(DATABASE), held_out, int(indexed[0]) if indexed else 0)
+        return
     if options.reuse and _template_holds(kept):
         database_url = _from_template()
         placed, load_rate = _kept_load()
