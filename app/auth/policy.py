@@ -12,6 +12,7 @@ from app.auth.principal import ALL, SYSTEM, Principal
 from app.auth.relations import policy_data
 from app.auth.tables import care_relation, consent_denial
 from app.errors import Forbidden
+from app.mpi.tables import mpi_record
 from app.store.query import Sql
 
 AUDIT_TYPE = "AuditEvent"
@@ -71,26 +72,35 @@ def visible(session: Session, principal: Principal, rows: Sequence[Owned]) -> li
 
 
 def visible_to_each(session: Session, principals: Sequence[Principal], rows: Sequence[Owned]) -> list[list[bool]]:
-    """`visible` for several principals at once (the subscribers to a change): one query however many there are."""
+    """`visible` for several principals at once (the subscribers to a change): one query however many there are.
+    A master resident's facts are its source records': an organization that sent one, or cares for one, cares for
+    the master; a consent on any of them denies it."""
     restricted = [p for p in principals if not p.unrestricted]
     orgs = {p.organization or "" for p in restricted}
     private = private_types()
     patients = {r.patient for r in rows if r.patient and r.resource_type not in private and any(r.org != o for o in orgs)}
     denied: set[tuple[str, str]] = set()
     caring: set[tuple[str, str]] = set()
+    sources: dict[str, list[tuple[str, str | None]]] = {}  # master → its (source record, the organization that sent it)
     if patients:
+        for source_id, master_id, org_id in session.connection().execute(
+                select(mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.org).where(mpi_record.c.master_id.in_(patients))):
+            sources.setdefault(master_id, []).append((source_id, org_id))
+        residents = patients | {source_id for found in sources.values() for source_id, _ in found}
         denials = select(consent_denial.c.patient_id, consent_denial.c.org_id, literal("denied").label("fact")).where(
-            consent_denial.c.patient_id.in_(patients), consent_denial.c.org_id.in_([*orgs, "*"]))
+            consent_denial.c.patient_id.in_(residents), consent_denial.c.org_id.in_([*orgs, "*"]))
         carers = {p.organization or "" for p in restricted if not p.every_resident}
         cares = select(care_relation.c.patient_id, care_relation.c.org_id, literal("caring").label("fact")).where(
-            care_relation.c.patient_id.in_(patients), care_relation.c.org_id.in_(carers))
+            care_relation.c.patient_id.in_(residents), care_relation.c.org_id.in_(carers))
         for patient_id, org_id, fact in session.connection().execute(union_all(denials, cares) if carers else denials):
             (denied if fact == "denied" else caring).add((patient_id, org_id))
 
     def seen(principal: Principal, row: Owned) -> bool:
         org = principal.organization or ""
-        return decide(principal, row, denied=(row.patient, org) in denied or (row.patient, "*") in denied,
-                      caring=(row.patient, org) in caring)
+        found = sources.get(row.patient or "", [])
+        ids = [row.patient, *(source_id for source_id, _ in found)]
+        return decide(principal, row, denied=any((i, org) in denied or (i, "*") in denied for i in ids),
+                      caring=any((i, org) in caring for i in ids) or any(sender == org for _, sender in found))
 
     return [[seen(principal, row) for row in rows] for principal in principals]
 
@@ -101,10 +111,15 @@ ORGANIZATION: BindParameter[str] = bindparam("policy_org")
 
 def fact_columns(patient: ColumnElement[str]) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """`denied` and `caring` for the resident in column `patient`, to read the policy's facts in the same query as
-    the row itself (a single read then costs one round trip, as without a policy)."""
-    denied = exists().where(consent_denial.c.patient_id == patient,
-                            or_(consent_denial.c.org_id == ORGANIZATION, consent_denial.c.org_id == "*"))
-    caring = exists().where(care_relation.c.patient_id == patient, care_relation.c.org_id == ORGANIZATION)
+    the row itself (a single read then costs one round trip, as without a policy); for a master, its sources' too."""
+    denying = or_(consent_denial.c.org_id == ORGANIZATION, consent_denial.c.org_id == "*")
+    source = mpi_record.alias("source")
+    denied = or_(exists().where(consent_denial.c.patient_id == patient, denying),
+                 exists().where(source.c.master_id == patient, consent_denial.c.patient_id == source.c.patient_id, denying))
+    caring = or_(exists().where(care_relation.c.patient_id == patient, care_relation.c.org_id == ORGANIZATION),
+                 exists().where(source.c.master_id == patient, or_(
+                     source.c.org == ORGANIZATION,
+                     exists().where(care_relation.c.patient_id == source.c.patient_id, care_relation.c.org_id == ORGANIZATION))))
     return denied.label("denied"), caring.label("caring")
 
 
@@ -155,10 +170,14 @@ def visible_sql(sql: Sql, principal: Principal, alias: str, resource_types: Iter
     org = sql.param(principal.organization or "")
     own = f"{alias}.org = {org}"
     private_rule = "TRUE" if principal.access == ALL else own
-    denied = (f"EXISTS (SELECT 1 FROM consent_denial d WHERE d.patient_id = {alias}.patient"
-              f" AND d.org_id IN ({org}, '*'))")
+    # a master's facts are its source records' (mpi_record: master → source, and the organization that sent it)
+    denied = (f"(EXISTS (SELECT 1 FROM consent_denial d WHERE d.patient_id = {alias}.patient AND d.org_id IN ({org}, '*'))"
+              f" OR EXISTS (SELECT 1 FROM mpi_record m JOIN consent_denial d ON d.patient_id = m.patient_id"
+              f" WHERE m.master_id = {alias}.patient AND d.org_id IN ({org}, '*')))")
     caring = "TRUE" if principal.every_resident else (
-        f"EXISTS (SELECT 1 FROM care_relation c WHERE c.patient_id = {alias}.patient AND c.org_id = {org})")
+        f"(EXISTS (SELECT 1 FROM care_relation c WHERE c.patient_id = {alias}.patient AND c.org_id = {org})"
+        f" OR EXISTS (SELECT 1 FROM mpi_record m WHERE m.master_id = {alias}.patient AND (m.org = {org}"
+        f" OR EXISTS (SELECT 1 FROM care_relation c WHERE c.patient_id = m.patient_id AND c.org_id = {org}))))")
     shared_rule = f"({alias}.patient IS NULL OR {own} OR (NOT {denied} AND {caring}))"
     private = private_types()
     types = set(resource_types) if resource_types is not None else None

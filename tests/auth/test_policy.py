@@ -175,3 +175,27 @@ def test_match_names_only_the_masters_the_client_may_see(client: TestClient, ins
 
     assert matched(institutions["cdc"])  # access "all"
     assert matched(institutions["hospital"]) == []  # not in the hospital's care: not even named
+    post(client, institutions["chc"], referral_task(community["patient"]))
+    assert matched(institutions["hospital"]) == matched(institutions["cdc"])  # in its care now
+
+
+def test_a_master_is_seen_by_whoever_sees_one_of_its_sources(client: TestClient, institutions: dict[str, Headers],
+                                                             community: dict[str, str]) -> None:
+    chc, hospital = institutions["chc"], institutions["hospital"]
+    pix = client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": "urn:oid:2.16.156.10011.1.3|440524188001010014"},
+                     headers=institutions["cdc"])
+    master = next(p["valueIdentifier"]["value"] for p in pix.json()["parameter"]
+                  if p["name"] == "targetIdentifier" and p["valueIdentifier"]["system"] == "urn:qiao:mpi")
+
+    def sees_master(headers: Headers) -> bool:
+        read = client.get(f"/fhir/Patient/{master}", headers=headers)
+        found = client.get("/fhir/Patient", params={"_id": master, "_tag": "urn:qiao:mpi|master"}, headers=headers)
+        assert read.status_code in (200, 403) and found.status_code == 200, (read.text, found.text)
+        assert (read.status_code == 200) == bool(found.json().get("entry")), "read and search disagree"
+        return read.status_code == 200
+
+    assert sees_master(chc) and not sees_master(hospital)  # the centre sent one of its records
+    post(client, chc, referral_task(community["patient"]))
+    assert sees_master(hospital)  # caring for a source record is caring for the resident
+    post(client, chc, consent_denying(community["patient"], "hosp-1"))
+    assert not sees_master(hospital)
