@@ -74,33 +74,39 @@ def visible(session: Session, principal: Principal, rows: Sequence[Owned]) -> li
 def visible_to_each(session: Session, principals: Sequence[Principal], rows: Sequence[Owned]) -> list[list[bool]]:
     """`visible` for several principals at once (the subscribers to a change): one query however many there are.
     A master resident's facts are its source records': an organization that sent one, or cares for one, cares for
-    the master; a consent on any of them denies it."""
+    the master; a consent on any of them denies it (read through `mpi_record` and filed under the master)."""
     restricted = [p for p in principals if not p.unrestricted]
     orgs = {p.organization or "" for p in restricted}
     private = private_types()
     patients = {r.patient for r in rows if r.patient and r.resource_type not in private and any(r.org != o for o in orgs)}
     denied: set[tuple[str, str]] = set()
     caring: set[tuple[str, str]] = set()
-    sources: dict[str, list[tuple[str, str | None]]] = {}  # master → its (source record, the organization that sent it)
     if patients:
-        for source_id, master_id, org_id in session.connection().execute(
-                select(mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.org).where(mpi_record.c.master_id.in_(patients))):
-            sources.setdefault(master_id, []).append((source_id, org_id))
-        residents = patients | {source_id for found in sources.values() for source_id, _ in found}
-        denials = select(consent_denial.c.patient_id, consent_denial.c.org_id, literal("denied").label("fact")).where(
-            consent_denial.c.patient_id.in_(residents), consent_denial.c.org_id.in_([*orgs, "*"]))
+        source = mpi_record.alias("source")
+        denying = consent_denial.c.org_id.in_([*orgs, "*"])
+        facts = [
+            select(consent_denial.c.patient_id, consent_denial.c.org_id, literal("denied").label("fact"))
+            .where(consent_denial.c.patient_id.in_(patients), denying),
+            select(source.c.master_id, consent_denial.c.org_id, literal("denied"))
+            .join(consent_denial, consent_denial.c.patient_id == source.c.patient_id).where(source.c.master_id.in_(patients), denying),
+        ]
         carers = {p.organization or "" for p in restricted if not p.every_resident}
-        cares = select(care_relation.c.patient_id, care_relation.c.org_id, literal("caring").label("fact")).where(
-            care_relation.c.patient_id.in_(residents), care_relation.c.org_id.in_(carers))
-        for patient_id, org_id, fact in session.connection().execute(union_all(denials, cares) if carers else denials):
+        if carers:
+            facts += [
+                select(care_relation.c.patient_id, care_relation.c.org_id, literal("caring"))
+                .where(care_relation.c.patient_id.in_(patients), care_relation.c.org_id.in_(carers)),
+                select(source.c.master_id, care_relation.c.org_id, literal("caring"))
+                .join(care_relation, care_relation.c.patient_id == source.c.patient_id)
+                .where(source.c.master_id.in_(patients), care_relation.c.org_id.in_(carers)),
+                select(source.c.master_id, source.c.org, literal("caring")).where(source.c.master_id.in_(patients), source.c.org.in_(carers)),
+            ]
+        for patient_id, org_id, fact in session.connection().execute(union_all(*facts)):
             (denied if fact == "denied" else caring).add((patient_id, org_id))
 
     def seen(principal: Principal, row: Owned) -> bool:
         org = principal.organization or ""
-        found = sources.get(row.patient or "", [])
-        ids = [row.patient, *(source_id for source_id, _ in found)]
-        return decide(principal, row, denied=any((i, org) in denied or (i, "*") in denied for i in ids),
-                      caring=any((i, org) in caring for i in ids) or any(sender == org for _, sender in found))
+        return decide(principal, row, denied=(row.patient, org) in denied or (row.patient, "*") in denied,
+                      caring=(row.patient, org) in caring)
 
     return [[seen(principal, row) for row in rows] for principal in principals]
 
