@@ -15,6 +15,7 @@ with a BOM), and segment ends other than CR. Paths read like the standard's own 
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import hl7
@@ -96,19 +97,19 @@ class Hl7Scope:
     current: dict[str, Any] = field(default_factory=dict)
     repetition: Repetition | None = None
     by_id: dict[str, list[Any]] = field(default_factory=dict)  # the message's segments by id, shared by its scopes
+    fields: dict[tuple[int, int], list[Repetition]] = field(default_factory=dict)  # unescaped fields, shared likewise
 
     def get(self, path: str) -> str | None:
-        if _RELATIVE.match(path):
+        parsed = _parse_path(path)
+        if parsed is None:
             if self.repetition is None:
                 raise MessageError(f"relative path {path!r} outside a field repetition", path)
             return _leaf(self.repetition, path)
-        match = _PATH.match(path)
-        if match is None:
-            raise MessageError(f"invalid HL7 v2 path {path!r}", path)
-        segment = self._where(match["segment"], match["where"], match["wanted"]) if match["where"] else None
-        repetitions = self._repetitions(match["segment"], int(match["field"]), segment)
-        chosen = _select(repetitions, match["select"], path)
-        return _leaf(chosen, match["rest"]) if chosen is not None else None
+        segment_id, where, wanted, number, select, rest = parsed
+        segment = self._where(segment_id, where, wanted) if where and wanted else None
+        repetitions = self._repetitions(segment_id, number, segment)
+        chosen = _select(repetitions, select, path)
+        return _leaf(chosen, rest) if chosen is not None else None
 
     def _where(self, segment_id: str, where: str, wanted: str) -> Any:
         """The first segment of the message whose field (`3` or `3.1`) holds one of the wanted values; False when none
@@ -123,12 +124,12 @@ class Hl7Scope:
 
     def each(self, path: str) -> list[Scope]:
         if re.fullmatch(r"[A-Z][A-Z0-9]{2}", path):
-            return [Hl7Scope(self.message, {**self.current, **group}, None, self.by_id) for group in self._groups(path)]
+            return [Hl7Scope(self.message, {**self.current, **group}, None, self.by_id, self.fields) for group in self._groups(path)]
         match = _PATH.match(path)
         if match is None or match["select"] or match["rest"] or match["where"]:
             raise MessageError(f"each needs a segment (OBX) or a field (PID-13), not {path!r}", path)
         repetitions = self._repetitions(match["segment"], int(match["field"]))
-        return [Hl7Scope(self.message, self.current, r, self.by_id) for r in repetitions if any(any(c) for c in r)]
+        return [Hl7Scope(self.message, self.current, r, self.by_id, self.fields) for r in repetitions if any(any(c) for c in r)]
 
     def _groups(self, segment_id: str) -> list[dict[str, Any]]:
         """Each occurrence of the segment with the segments that follow it up to the next one (its group: an ORC's
@@ -177,7 +178,22 @@ class Hl7Scope:
             return []
         if segment_id == "MSH" and number in (1, 2):
             return [[[str(segment[number][0])]]]
-        return [_components(self.message, segment, r) for r in segment[number]]
+        key = (id(segment), number)  # the segment lives as long as the message, and so does this cache
+        if key not in self.fields:
+            self.fields[key] = [_components(self.message, segment, r) for r in segment[number]]
+        return self.fields[key]
+
+
+@lru_cache(maxsize=4096)
+def _parse_path(path: str) -> tuple[str, str | None, str | None, int, str | None, str] | None:
+    """A path's parts (segment, where-field, wanted values, field number, repetition selector, component and
+    subcomponent); None for a relative path. Mappings read the same few hundred paths in every message."""
+    if _RELATIVE.match(path):
+        return None
+    match = _PATH.match(path)
+    if match is None:
+        raise MessageError(f"invalid HL7 v2 path {path!r}", path)
+    return match["segment"], match["where"], match["wanted"], int(match["field"]), match["select"], match["rest"]
 
 
 def _components(message: Any, segment: Any, repetition: Any) -> Repetition:
@@ -205,8 +221,7 @@ def _select(repetitions: list[Repetition], select: str | None, path: str) -> Rep
 
 
 def _leaf(repetition: Repetition, rest: str) -> str | None:
-    numbers = [int(n) for n in rest.strip(".").split(".") if n] if rest else []
-    component, subcomponent = (numbers + [1, 1])[:2]
+    component, subcomponent = _position(rest)
     if not 1 <= component <= len(repetition):
         return None
     subcomponents = repetition[component - 1]
@@ -214,3 +229,11 @@ def _leaf(repetition: Repetition, rest: str) -> str | None:
         return None
     value = subcomponents[subcomponent - 1].strip()
     return value if value and value != '""' else None
+
+
+@lru_cache(maxsize=256)
+def _position(rest: str) -> tuple[int, int]:
+    """".2.1" → (2, 1): component and subcomponent, 1 when not given."""
+    numbers = [int(n) for n in rest.strip(".").split(".") if n] if rest else []
+    component, subcomponent = (numbers + [1, 1])[:2]
+    return component, subcomponent
