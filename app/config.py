@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     #: HL7 v2 over MLLP, served by every `qiao serve` worker; port 0 turns the listener off.
     mllp_host: str = "127.0.0.1"
     mllp_port: int = 2575
+    #: At most this many messages that arrived together (over all connections) are applied in one transaction.
+    mllp_batch: int = 64
     #: Resident matching: the trained model (m/u per comparison level; `qiao mpi train` writes one).
     mpi_model: Path = Path(__file__).resolve().parent / "mpi" / "model.yaml"
     #: Match every source Patient as it is written. Off for a district's initial load: the Patients wait, unindexed,

@@ -28,6 +28,7 @@ from app.fhir.formats import FhirResponse
 from app.fhir.outcomes import from_error, operation_outcome
 from app.ingest import pipeline
 from app.ingest import routes as ingest_routes
+from app.ingest.gathering import Gathering
 from app.logging import fields
 from app.mapping import routes as mapping_routes
 from app.mpi import routes as mpi_routes
@@ -54,7 +55,8 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     exporter.start()
     ticker = Periodic("clock", settings.clock_seconds, lambda _stopping: clock.run())
     ticker.start()
-    listener = await mllp.serve(settings.mllp_host, settings.mllp_port, _mllp_message) if settings.mllp_port else None
+    gathering = Gathering(_mllp_messages, limit=settings.mllp_batch)
+    listener = await mllp.serve(settings.mllp_host, settings.mllp_port, gathering.submit) if settings.mllp_port else None
     try:
         yield
     finally:
@@ -67,9 +69,8 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(writer.stop)
 
 
-async def _mllp_message(raw: bytes) -> bytes:
-    outcome = await anyio.to_thread.run_sync(lambda: pipeline.receive_hl7v2(raw, channel="mllp"))
-    return outcome.ack()
+def _mllp_messages(messages: list[bytes]) -> list[bytes]:
+    return [outcome.ack() for outcome in pipeline.receive([pipeline.Inbound(raw, "mllp") for raw in messages])]
 
 
 def create_app() -> FastAPI:

@@ -12,6 +12,7 @@ from app.ingest import pipeline
 from app.ingest.sources import Source
 from app.mapping import engine
 
+BATCH = 100  # messages stored, then applied, together
 FORMATS = {".csv": rows.CSV, ".json": rows.JSON, ".jsonl": rows.JSON, ".ndjson": rows.JSON}
 
 
@@ -34,8 +35,7 @@ def ingest(data: bytes, *, file_name: str, source: Source, channel: str, kind: s
     tally = Tally()
     file_format = FORMATS.get(PurePath(file_name).suffix.lower())
     if file_format is None:
-        for raw in split_batch(data):
-            tally.add(pipeline.receive_hl7v2(raw, channel=channel, source=source))
+        _receive(tally, [pipeline.Inbound(raw, channel, pipeline.HL7V2, source) for raw in split_batch(data)])
         return tally
     kind = export_kind(file_name, source, kind)
     try:
@@ -43,9 +43,14 @@ def ingest(data: bytes, *, file_name: str, source: Source, channel: str, kind: s
     except MessageError as error:
         tally.add(pipeline.keep_unreadable(data, kind=kind, channel=channel, source=source, error=error))
         return tally
-    for raw in parts:
-        tally.add(pipeline.receive_row(raw, kind=kind, channel=channel, source=source))
+    _receive(tally, [pipeline.Inbound(raw, channel, pipeline.ROWS, source, kind) for raw in parts])
     return tally
+
+
+def _receive(tally: Tally, messages: list[pipeline.Inbound]) -> None:
+    for start in range(0, len(messages), BATCH):
+        for outcome in pipeline.receive(messages[start:start + BATCH]):
+            tally.add(outcome)
 
 
 def export_kind(file_name: str, source: Source, kind: str | None) -> str:

@@ -1,6 +1,8 @@
-"""One inbound message (an HL7 v2 message, or one row of a CSV or JSON export), end to end: stored raw (committed)
-→ parsed → mapped → applied with its Provenance and its new state in one transaction → acknowledged. A message that
-fails keeps its raw bytes and an OperationOutcome saying which field or rule failed, and can be replayed after the mapping, a code table or the source is fixed."""
+"""Inbound messages (HL7 v2 messages, or rows of a CSV or JSON export), end to end: stored raw (committed) → parsed →
+mapped → applied with their Provenance and their new states in one transaction → acknowledged. Messages arriving
+together go together (a file's, or those MLLP connections sent while the last batch was applied): a batch costs a
+few statements, not a few per message. A message that fails keeps its raw bytes and an OperationOutcome saying
+which field or rule failed, and can be replayed after the mapping, a code table or the source is fixed."""
 
 import logging
 import uuid
@@ -50,93 +52,236 @@ class Outcome:
                                    charset=charset, control_id=f"Q{self.message_id}")
 
 
-def receive_hl7v2(raw: bytes, *, channel: str, source: Source | None = None) -> Outcome:
-    """Store, then process, one HL7 v2 message. Without `source` (MLLP), the sender is known by MSH-4."""
-    source = source or _sender(raw)
-    message_id = inbox.record(raw, source=source.name if source else UNKNOWN_SOURCE, channel=channel, adapter=HL7V2)
-    return process(message_id)
+@dataclass
+class Inbound:
+    """A message as it arrives: its bytes, and the source when the channel knows it (HTTP, files); MLLP leaves it
+    to MSH-4. `kind` for an export's row (the file names it)."""
+
+    raw: bytes
+    channel: str
+    adapter: str = HL7V2
+    source: Source | None = None
+    kind: str | None = None
 
 
-def receive_row(raw: bytes, *, kind: str, channel: str, source: Source) -> Outcome:
-    """Store, then process, one row of an export (`adapters.rows.parse.split` made it) of the given kind."""
-    message_id = inbox.record(raw, source=source.name, channel=channel, adapter=ROWS, kind=kind)
-    return process(message_id)
+@dataclass
+class _Work:
+    """One message through processing: what is known of it so far, and in the end its outcome."""
+
+    message: inbox.Message
+    source: Source | None
+    record: SourceRecord | None = None
+    identity: inbox.Identity = field(default_factory=inbox.Identity)
+    mapping: engine.Mapping | None = None
+    produced: list[engine.Produced] = field(default_factory=list)
+    error: Exception | None = None  # why it cannot be applied, decided once it is known not to be a duplicate
+    outcome: Outcome | None = None
+
+
+def receive(messages: list[Inbound]) -> list[Outcome]:
+    """Store messages raw (one commit), then process them together (`_process`); outcomes in the same order.
+
+    Senders that wait for each acknowledgement (MLLP) give a few messages at a time; a file gives many. Either
+    way a batch costs a few statements, not a few per message."""
+    records: list[SourceRecord | MessageError | None] = []
+    sources_of: list[Source | None] = []
+    for item in messages:
+        source, record = _read(item)
+        sources_of.append(source)
+        records.append(record)
+    stored = inbox.record([inbox.Received(m.raw, s.name if s else UNKNOWN_SOURCE, m.channel, m.adapter, m.kind)
+                           for m, s in zip(messages, sources_of, strict=True)])
+    works = []
+    for message, source, record in zip(stored, sources_of, records, strict=True):
+        work = _Work(message, source, record if isinstance(record, SourceRecord) else None)
+        work.error = record if isinstance(record, MessageError) else None
+        works.append(work)
+    return _process(works)
 
 
 def keep_unreadable(raw: bytes, *, kind: str, channel: str, source: Source, error: MessageError) -> Outcome:
     """A file that cannot even be split into rows (not JSON, no character set fits): kept whole, as failed."""
-    message_id = inbox.record(raw, source=source.name, channel=channel, adapter=ROWS, kind=kind)
-    return _fail(message_id, inbox.Identity(kind), None, error.message, error.location, error.issue, hl7_ack.ERROR)
-
-
-def _sender(raw: bytes) -> Source | None:
-    try:
-        return by_facility(hl7_parse.parse(raw).scope.get("MSH-4.1"))
-    except MessageError:
-        return None
+    [message] = inbox.record([inbox.Received(raw, source.name, channel, ROWS, kind)])
+    work = _Work(message, source, identity=inbox.Identity(kind))
+    _fail(work, error.message, error.location, error.issue, hl7_ack.ERROR)
+    inbox.mark_failed([_failure_mark(work)])
+    _log_failure(work)
+    assert work.outcome is not None
+    return work.outcome
 
 
 def process(message_id: int) -> Outcome:
-    """Parse, map and apply a stored message (its first time, or a replay); never raises for a bad message."""
+    """Parse, map and apply a stored message again (a replay); never raises for a bad message."""
     with db.read_session() as session:
-        row = inbox.load(session, message_id)
-    identity = inbox.Identity(row.kind if row.adapter == ROWS else None)
-    record: SourceRecord | None = None
-    source = sources().get(row.source)
+        message = inbox.message(inbox.load(session, message_id))
+    return _process([_Work(message, sources().get(message.source))])[0]
+
+
+def _read(item: Inbound) -> tuple[Source | None, SourceRecord | MessageError | None]:
+    """The sender and the parsed record (or why it cannot be parsed). An export's row is parsed later: its source
+    is known. An HL7 v2 message without a source names its sender in MSH-4; it is parsed again only when that
+    sender's default character set would read it otherwise."""
+    if item.adapter != HL7V2:
+        return item.source, None
+    source = item.source
     try:
-        record = _parse(row, source)
-        identity = inbox.Identity(record.kind, record.control_id, record.charset)
-        if source is None:
-            raise MessageError(f"MSH-4 names no configured source (sources file: {row.source!r} unknown)", "MSH-4", "not-supported")
-        return _apply(row, record, source, identity)
+        record = hl7_parse.parse(item.raw, default_charset=source.charset if source else None)
     except MessageError as error:
-        rejected = record is None or error.issue in ("not-supported", "structure") and error.location in ("MSH", "MSH-4", "MSH-9", "MSH-18")
-        return _fail(message_id, identity, record, error.message, error.location, error.issue,
-                     hl7_ack.REJECTED if rejected else hl7_ack.ERROR)
-    except QiaoError as error:
-        issue = error.issues[0] if error.issues else None
-        location = issue.expression[0] if issue and issue.expression else None
-        detail = "; ".join(f"{i.expression[0] if i.expression else ''}: {i.diagnostics}" for i in error.issues) or error.message
-        return _fail(message_id, identity, record, f"{error.message}: {detail}", location, "value", hl7_ack.ERROR)
-    except Exception as error:  # noqa: BLE001 - a message must never vanish: keep it as failed, say so, go on
-        log.exception("ingest.failed", extra=fields(inbox_id=message_id, error=type(error).__name__))
-        return _fail(message_id, identity, record, f"internal error ({type(error).__name__}); the message is kept",
-                     None, "exception", hl7_ack.ERROR)
+        return source, error
+    if source is None:
+        source = by_facility(record.scope.get("MSH-4.1"))
+        if source is not None and source.charset and source.charset != record.charset:
+            return source, None
+    return source, record
 
 
-def _parse(row: Any, source: Source | None) -> SourceRecord:
+def _process(works: list[_Work]) -> list[Outcome]:
+    """Parse and map each message (pure work, outside the transaction), then apply all that map in one
+    transaction. A message that fails alone (bad field, unknown code, invalid resource) is kept as failed and
+    the others go through. If the transaction fails as a whole (a deadlock, a rule refusing a write), each
+    message is processed alone, so one cannot hold back the rest."""
+    for work in works:
+        if work.outcome is None and work.error is None:
+            _prepare(work)
+    ready = [w for w in works if w.outcome is None]
+    later: list[_Work] = []
+    if ready:
+        try:
+            later = _apply(ready)
+        except Exception as error:  # noqa: BLE001 - a message must never vanish: keep it as failed, say so, go on
+            if len(works) > 1:
+                return [_process([_Work(w.message, w.source)])[0] for w in works]
+            work = works[0]
+            log.exception("ingest.failed", extra=fields(inbox_id=work.message.id, error=type(error).__name__))
+            _fail(work, f"internal error ({type(error).__name__}); the message is kept", None, "exception", hl7_ack.ERROR)
+            inbox.mark_failed([_failure_mark(work)])
+    for work in later:  # it touches what an earlier message of the batch wrote: applied alone, after it
+        work.outcome = _process([_Work(work.message, work.source)])[0]
+    outcomes = []
+    for work in works:
+        assert work.outcome is not None
+        outcomes.append(work.outcome)
+    return outcomes
+
+
+def _prepare(work: _Work) -> None:
+    """Parse (unless done on receipt) and map; a failure is noted in `work.error`, to be reported once the message
+    is known not to repeat an applied one."""
+    message = work.message
+    work.identity = inbox.Identity(message.kind if message.adapter == ROWS else None)
+    try:
+        if work.record is None:
+            work.record = _parse(message, work.source)
+        work.identity = inbox.Identity(work.record.kind, work.record.control_id, work.record.charset)
+        if work.source is None:
+            raise MessageError(f"MSH-4 names no configured source (sources file: {message.source!r} unknown)", "MSH-4", "not-supported")
+        work.mapping = engine.find(message.adapter, work.record.kind, where="MSH-9" if message.adapter == HL7V2 else "kind")
+        if work.mapping.key:
+            work.identity = replace(work.identity, control_id=engine.record_key(work.mapping, work.record))
+        work.produced = engine.apply(work.mapping, work.record, work.source.mapping_attributes())
+    except (MessageError, QiaoError) as error:
+        work.error = error
+    except Exception as error:  # noqa: BLE001 - a bug in a mapping function: this message fails, the others go on
+        log.exception("ingest.failed", extra=fields(inbox_id=message.id, error=type(error).__name__))
+        work.error = error
+
+
+def _parse(message: inbox.Message, source: Source | None) -> SourceRecord:
     charset = source.charset if source else None
-    if row.adapter == ROWS:
-        return rows_parse.parse(row.raw, kind=row.kind, default_charset=charset)
-    return hl7_parse.parse(row.raw, default_charset=charset)
+    if message.adapter == ROWS:
+        assert message.kind is not None  # the file's kind, stored with each row
+        return rows_parse.parse(message.raw, kind=message.kind, default_charset=charset)
+    return hl7_parse.parse(message.raw, default_charset=charset)
 
 
-def _apply(row: Any, record: SourceRecord, source: Source, identity: inbox.Identity) -> Outcome:
-    mapping = engine.find(row.adapter, record.kind, where="MSH-9" if row.adapter == HL7V2 else "kind")
-    if mapping.key:
-        identity = replace(identity, control_id=engine.record_key(mapping, record))
+def _apply(works: list[_Work]) -> list[_Work]:
+    """Apply the batch in one transaction: each message is a duplicate, failed (nothing of it written), or applied
+    with its Provenance. Returns those left for later: they write a resource an earlier one of the batch writes."""
+    later: list[_Work] = []
     with db.transaction() as session:
-        earlier = inbox.earlier_copy(session, row, identity, latest_of_key=row.adapter == ROWS)
-        if earlier is not None:
-            inbox.mark(session, row.id, inbox.DUPLICATE, identity, duplicate_of=earlier)
-            log.info("ingest.duplicate", extra=fields(inbox_id=row.id, duplicate_of=earlier))
-            return Outcome(row.id, inbox.DUPLICATE, hl7_ack.ACCEPTED, record, f"duplicate of message {earlier}; not applied again")
-        produced = engine.apply(mapping, record, source.mapping_attributes())
-        writes = _plan(session, produced, source)
-        stored = store.apply(session, [*writes, _provenance(row, record, source, mapping, writes)])
-        references = [s.reference for s in stored]
-        inbox.mark(session, row.id, inbox.PROCESSED, identity, mapping=mapping.label, resources=references)
-    log.info("ingest.processed", extra=fields(inbox_id=row.id, kind=record.kind, resources=len(references)))
-    return Outcome(row.id, inbox.PROCESSED, hl7_ack.ACCEPTED, record, resources=references)
+        earlier = inbox.earlier_copies(session, [(w.message, w.identity) for w in works])
+        claimed: set[tuple[str, str]] = set()
+        found = _current(session, [w for w in works if w.error is None])
+        applied = inbox.Applied()
+        writes: list[store.Write] = []
+        counts: list[tuple[_Work, int]] = []
+        marks: list[inbox.Mark] = []
+        for work, stored_copy in zip(works, earlier, strict=True):
+            copy = applied.copy_of(work.message, work.identity, stored_copy)
+            if copy is not None:
+                _duplicate(work, copy)
+                marks.append(inbox.Mark(work.message.id, inbox.DUPLICATE, work.identity, duplicate_of=copy))
+                continue
+            keys = {(p.resource_type, p.resource_id) for p in work.produced}
+            if work.error is None and keys & claimed:
+                later.append(work)
+                work.outcome = Outcome(work.message.id, inbox.RECEIVED, hl7_ack.ACCEPTED)  # replaced when applied
+                continue
+            if work.error is not None:
+                _failed(work, work.error)
+                marks.append(_failure_mark(work))
+                continue
+            try:
+                planned = _plan(session, work, found)
+            except (MessageError, QiaoError) as error:  # raised before any write of this message
+                _failed(work, error)
+                marks.append(_failure_mark(work))
+                continue
+            claimed |= keys
+            applied.add(work.message, work.identity)
+            assert work.source is not None and work.record is not None and work.mapping is not None
+            writes += [*planned, _provenance(work.message, work.record, work.source, work.mapping, planned)]
+            counts.append((work, len(planned) + 1))
+        stored = store.apply(session, writes)
+        position = 0
+        for work, count in counts:
+            references = [s.reference for s in stored[position:position + count]]
+            position += count
+            assert work.record is not None and work.mapping is not None
+            work.outcome = Outcome(work.message.id, inbox.PROCESSED, hl7_ack.ACCEPTED, work.record, resources=references)
+            marks.append(inbox.Mark(work.message.id, inbox.PROCESSED, work.identity, mapping=work.mapping.label, resources=references))
+            log.info("ingest.processed", extra=fields(inbox_id=work.message.id, kind=work.record.kind, resources=len(references)))
+        inbox.mark(session, marks)
+    for work in works:
+        if work.outcome is not None and work.outcome.state == inbox.FAILED:
+            _log_failure(work)
+    return later
 
 
-def _plan(session: Any, produced: list[engine.Produced], source: Source) -> list[store.Write]:
+def _current(session: Any, works: list[_Work]) -> dict[tuple[str, str], store.Current]:
+    """The current versions of every resource the messages make, read and locked in one query per type."""
     found: dict[tuple[str, str], store.Current] = {}
-    for resource_type in dict.fromkeys(item.resource_type for item in produced):  # one query (and lock) per type
+    produced = [item for work in works for item in work.produced]
+    for resource_type in dict.fromkeys(item.resource_type for item in produced):
         ids = [item.resource_id for item in produced if item.resource_type == resource_type]
         found.update(((resource_type, i), c) for i, c in store.current_many(session, resource_type, ids, lock=True).items())
+    return found
+
+
+def _duplicate(work: _Work, copy: int) -> None:
+    log.info("ingest.duplicate", extra=fields(inbox_id=work.message.id, duplicate_of=copy))
+    work.outcome = Outcome(work.message.id, inbox.DUPLICATE, hl7_ack.ACCEPTED, work.record, f"duplicate of message {copy}; not applied again")
+
+
+def _failed(work: _Work, error: Exception) -> None:
+    """Note why the message failed: which field or rule, and whether the sender should not send it again (AR)."""
+    if isinstance(error, MessageError):
+        rejected = work.record is None or error.issue in ("not-supported", "structure") and error.location in ("MSH", "MSH-4", "MSH-9", "MSH-18")
+        _fail(work, error.message, error.location, error.issue, hl7_ack.REJECTED if rejected else hl7_ack.ERROR)
+        return
+    if not isinstance(error, QiaoError):
+        _fail(work, f"internal error ({type(error).__name__}); the message is kept", None, "exception", hl7_ack.ERROR)
+        return
+    issue = error.issues[0] if error.issues else None
+    location = issue.expression[0] if issue and issue.expression else None
+    detail = "; ".join(f"{i.expression[0] if i.expression else ''}: {i.diagnostics}" for i in error.issues) or error.message
+    _fail(work, f"{error.message}: {detail}", location, "value", hl7_ack.ERROR)
+
+
+def _plan(session: Any, work: _Work, found: dict[tuple[str, str], store.Current]) -> list[store.Write]:
+    assert work.source is not None
     writes = []
-    for item in produced:
+    for item in work.produced:
         current = found.get((item.resource_type, item.resource_id))
         exists = current is not None and not current.deleted
         if (item.create_only and exists) or (item.amend and not exists):
@@ -145,11 +290,11 @@ def _plan(session: Any, produced: list[engine.Produced], source: Source) -> list
         if item.amend:
             content = {**(store.content(session, item.resource_type, item.resource_id) or {}), **item.content}
         store.prepare(item.resource_type, content, expected_id=item.resource_id)
-        writes.append(store.Write(item.resource_type, item.resource_id, "PUT", content, current, org=source.organization))
+        writes.append(store.Write(item.resource_type, item.resource_id, "PUT", content, current, org=work.source.organization))
     return writes
 
 
-def _provenance(row: Any, record: SourceRecord, source: Source, mapping: engine.Mapping, writes: list[store.Write]) -> store.Write:
+def _provenance(message: inbox.Message, record: SourceRecord, source: Source, mapping: engine.Mapping, writes: list[store.Write]) -> store.Write:
     """Which message, from which source, through which mapping version made these resources."""
     content: dict[str, Any] = {
         "resourceType": "Provenance",
@@ -164,16 +309,24 @@ def _provenance(row: Any, record: SourceRecord, source: Source, mapping: engine.
              "who": {"display": "Qiao"}},
         ],
         "entity": [{"role": "source", "what": {
-            "identifier": {"system": MESSAGE_SYSTEM, "value": str(row.id)},
+            "identifier": {"system": MESSAGE_SYSTEM, "value": str(message.id)},
             "display": f"{source.name} {record.kind} {record.control_id or ''}".strip()}}],
     }
     return store.Write("Provenance", str(uuid.uuid4()), "POST", content, None, org=source.organization)
 
 
-def _fail(message_id: int, identity: inbox.Identity, record: SourceRecord | None, text: str, location: str | None,
-          issue: str, code: str) -> Outcome:
-    outcome = operation_outcome([Issue("error", issue, text, [location] if location else [])])
-    inbox.mark_failed(message_id, identity, outcome)
-    log.warning("ingest.rejected" if code == hl7_ack.REJECTED else "ingest.failed",
-                extra=fields(inbox_id=message_id, kind=identity.kind, issue=issue, location=location))
-    return Outcome(message_id, inbox.FAILED, code, record, text, location, issue)
+def _fail(work: _Work, text: str, location: str | None, issue: str, code: str) -> None:
+    work.outcome = Outcome(work.message.id, inbox.FAILED, code, work.record, text, location, issue)
+
+
+def _failure_mark(work: _Work) -> inbox.Mark:
+    assert work.outcome is not None
+    outcome = operation_outcome([Issue("error", work.outcome.issue or "exception", work.outcome.text,
+                                       [work.outcome.location] if work.outcome.location else [])])
+    return inbox.Mark(work.message.id, inbox.FAILED, work.identity, error=outcome)
+
+
+def _log_failure(work: _Work) -> None:
+    assert work.outcome is not None
+    log.warning("ingest.rejected" if work.outcome.ack_code == hl7_ack.REJECTED else "ingest.failed",
+                extra=fields(inbox_id=work.message.id, kind=work.identity.kind, issue=work.outcome.issue, location=work.outcome.location))

@@ -32,7 +32,7 @@ async def post_hl7v2(request: Request, principal: PrincipalDep, source: Annotate
     raw = await request.body()
     if not raw:
         raise InvalidRequest("the body must be one HL7 v2 message", expression=["body"])
-    outcome = await run_in_threadpool(pipeline.receive_hl7v2, raw, channel="http", source=sender)
+    [outcome] = await run_in_threadpool(pipeline.receive, [pipeline.Inbound(raw, "http", pipeline.HL7V2, sender)])
     charset = outcome.record.charset if outcome.record and outcome.record.charset else "utf-8"
     return Response(outcome.ack(), status_code=_STATUS[outcome.ack_code], media_type=f"{ER7}; charset={charset}",
                     headers={"Location": f"{request.base_url}ingest/messages/{outcome.message_id}"})

@@ -1,22 +1,14 @@
 """HL7 v2 into FHIR end to end: over HTTP and MLLP, into the store, with the message kept whatever happens."""
 
 import asyncio
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine
 
 from adapters.hl7v2 import mllp
-from app.config import get_settings
-from app.main import create_app
 from app.mapping import codes
 from tests.ingest.messages import ID_CARD, LEGACY_ID_CARD, adt, gb18030, oru
 
@@ -149,26 +141,6 @@ def test_an_unknown_message_type_is_rejected_with_its_reason(client: TestClient)
 def test_sending_needs_a_token_and_a_known_source(client: TestClient, anonymous_client: TestClient) -> None:
     assert post(anonymous_client, gb18030(adt())).status_code == 401
     assert post(client, gb18030(adt()), source="nowhere").status_code == 400
-
-
-@pytest.fixture
-def mllp_server(app_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """The app with its MLLP listener, as `qiao serve` runs it, on free ports."""
-    ports = []
-    for _ in range(2):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    monkeypatch.setattr(get_settings(), "mllp_port", ports[1])
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=ports[0], log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield ports[1]
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def test_mllp_acknowledges_each_message_in_order_over_a_real_socket(mllp_server: int, client: TestClient) -> None:

@@ -120,7 +120,7 @@ def test_a_his_csv_dump_in_gb18030_is_read_row_by_row_and_a_bad_row_fails_alone(
     zhang = fhir(client, "Patient", identifier=f"urn:oid:2.16.156.10011.1.3|{ID_CARD}")["entry"][0]["resource"]
     assert zhang["name"] == [{"text": "张三"}] and zhang["address"][0]["line"] == ["和平里街道\r\n3号楼2单元301"]
     message = client.get(f"/ingest/messages/{failure['id']}").json()
-    assert message["charset"] == "gb18030" and message["kind"] == "his-patients" and message["controlId"] is None
+    assert message["charset"] == "gb18030" and message["kind"] == "his-patients" and message["controlId"] == "P0002"  # its record
 
     monkeypatch.setitem(codes.tables()["sex"].entries, "7", "unknown")  # the steward fixes the code table
     replayed = client.post(f"/ingest/messages/{failure['id']}/$replay").json()
