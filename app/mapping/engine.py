@@ -46,6 +46,8 @@ from app.mapping import codes
 from app.mapping.functions import FUNCTIONS
 
 _OPERATORS = ("const", "configured", "code", "fn", "ref", "refs", "each")
+#: a template compiled: (scope, run) → (value or None when absent, whether the value came from the source)
+Compiled = Callable[[Scope, "_Run"], tuple[Any, bool]]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class Mapping:
     kinds: tuple[str, ...]
     resources: tuple[dict[str, Any], ...]
     key: tuple[str, ...] = ()  # the paths naming the source record a row is a version of (export rows)
+    contents: tuple[Compiled, ...] = ()  # each resource's content template, compiled
+
+    def __post_init__(self) -> None:
+        compiled = tuple(compile_template(spec["content"], spec["type"]) for spec in self.resources)
+        object.__setattr__(self, "contents", compiled)
 
     @property
     def label(self) -> str:
@@ -116,8 +123,8 @@ def record_key(mapping: Mapping, record: SourceRecord) -> str:
 def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> list[Produced]:
     """The resources the mapping makes from the record, in the mapping's order."""
     run = _Run(record, source, {spec["key"]: spec["type"] for spec in mapping.resources})
-    planned: list[tuple[dict[str, Any], Scope, str]] = []
-    for spec in mapping.resources:
+    planned: list[tuple[dict[str, Any], Compiled, Scope, str]] = []
+    for spec, content in zip(mapping.resources, mapping.contents, strict=True):
         if spec.get("when") and record.scope.get(spec["when"]) is None:
             continue
         scopes = record.scope.each(spec["each"]) if spec.get("each") else [record.scope]
@@ -125,11 +132,11 @@ def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> lis
             resource_id = _resource_id(spec, scope, source)
             run.ids.setdefault(spec["key"], []).append(resource_id)
             run.scopes.setdefault(spec["key"], []).append(scope)
-            planned.append((spec, scope, resource_id))
+            planned.append((spec, content, scope, resource_id))
     produced = []
-    for spec, scope, resource_id in planned:
-        content, _ = _evaluate(spec["content"], scope, run, spec["type"])
-        resource = {"resourceType": spec["type"], "id": resource_id, **spec.get("fixed", {}), **(content or {})}
+    for spec, content, scope, resource_id in planned:
+        made, _ = content(scope, run)
+        resource = {"resourceType": spec["type"], "id": resource_id, **spec.get("fixed", {}), **(made or {})}
         produced.append(Produced(spec["key"], spec["type"], resource_id, resource, bool(spec.get("create_only")), bool(spec.get("amend"))))
     return produced
 
@@ -158,24 +165,38 @@ def _identifying(paths: Iterable[Any], scope: Scope, what: str) -> list[str]:
     return values
 
 
-def _evaluate(template: Any, scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
-    """(value, whether it came from the source). None means absent."""
+def compile_template(template: Any, where: str) -> Compiled:
+    """Turn a template into nested functions once per mapping: each message then runs them without asking again
+    what each template node is."""
     if isinstance(template, str):
-        value = scope.get(template)
-        return value, value is not None
+        return _path(template)
     if isinstance(template, list):
-        kept: list[Any] = []
-        sourced = False
-        for i, item in enumerate(template):
-            value, from_source = _evaluate(item, scope, run, f"{where}[{i}]")
-            if value is not None:
-                kept.extend(value if isinstance(item, dict) and "each" in item else [value])
-                sourced = sourced or from_source
-        return (kept or None), sourced
+        return _list([(compile_template(item, f"{where}[{i}]"), isinstance(item, dict) and "each" in item)
+                      for i, item in enumerate(template)])
     if isinstance(template, dict):
         operator = _operator(template)
-        return _OPERATIONS[operator](template, scope, run, where) if operator else _object(template, scope, run, where)
-    return template, False  # a number or boolean written in the mapping
+        return _OPERATIONS[operator](template, where) if operator else _object(template, where)
+    return _constant({"const": template}, where)  # a number or boolean written in the mapping
+
+
+def _path(path: str) -> Compiled:
+    def read(scope: Scope, run: _Run) -> tuple[Any, bool]:
+        value = scope.get(path)
+        return value, value is not None
+    return read
+
+
+def _list(items: list[tuple[Compiled, bool]]) -> Compiled:
+    def build(scope: Scope, run: _Run) -> tuple[Any, bool]:
+        kept: list[Any] = []
+        sourced = False
+        for item, spreads in items:
+            value, from_source = item(scope, run)
+            if value is not None:
+                kept.extend(value if spreads else [value])
+                sourced = sourced or from_source
+        return (kept or None), sourced
+    return build
 
 
 def _operator(template: dict[str, Any]) -> str | None:
@@ -184,23 +205,28 @@ def _operator(template: dict[str, Any]) -> str | None:
     return None if operator == "code" and "from" not in template else operator
 
 
-def _object(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
-    result: dict[str, Any] = {}
-    sourced = False
-    for key, item in template.items():
-        value, from_source = _evaluate(item, scope, run, f"{where}.{key}")
-        if value is None:
-            continue
-        if key == "merge":
-            if not isinstance(value, dict):
-                raise MessageError(f"mapping error at {where}: merge needs an object")
-            result.update(value)
-        else:
-            result[key] = value
-        sourced = sourced or from_source
-    if not result or (not sourced and _reads_source(template)):
-        return None, False
-    return result, sourced
+def _object(template: dict[str, Any], where: str) -> Compiled:
+    elements = [(key, compile_template(item, f"{where}.{key}")) for key, item in template.items()]
+    reads_source = _reads_source(template)
+
+    def build(scope: Scope, run: _Run) -> tuple[Any, bool]:
+        result: dict[str, Any] = {}
+        sourced = False
+        for key, element in elements:
+            value, from_source = element(scope, run)
+            if value is None:
+                continue
+            if key == "merge":
+                if not isinstance(value, dict):
+                    raise MessageError(f"mapping error at {where}: merge needs an object")
+                result.update(value)
+            else:
+                result[key] = value
+            sourced = sourced or from_source
+        if not result or (not sourced and reads_source):
+            return None, False
+        return result, sourced
+    return build
 
 
 def _reads_source(template: Any) -> bool:
@@ -220,71 +246,87 @@ def _reads_source(template: Any) -> bool:
     return operator not in ("const", "configured")
 
 
-def _constant(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
-    return template["const"], False
+def _constant(template: dict[str, Any], where: str) -> Compiled:
+    value = template["const"]
+    return lambda scope, run: (value, False)
 
 
-def _source_attribute(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
-    return run.source.get(template["configured"]), False
+def _source_attribute(template: dict[str, Any], where: str) -> Compiled:
+    name = template["configured"]
+    return lambda scope, run: (run.source.get(name), False)
 
 
-def _code(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
-    table = codes.tables().get(template["code"])
-    if table is None:
-        raise MessageError(f"mapping error at {where}: no code table {template['code']!r}")
-    path = template["from"]
-    raw = scope.get(path)
-    if raw is None:
-        return template.get("default"), False
-    translated = table.translate(raw)
-    if translated is None and template.get("optional"):
-        return None, False
-    if translated is None:
-        raise MessageError(f"{path}: {raw!r} is not in code table {table.name} ({where})", path, "code-invalid")
-    return translated, True
+def _code(template: dict[str, Any], where: str) -> Compiled:
+    name, path, default, optional = template["code"], template["from"], template.get("default"), template.get("optional")
 
-
-def _function(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
-    function = FUNCTIONS.get(template["fn"])
-    if function is None:
-        raise MessageError(f"mapping error at {where}: no function {template['fn']!r}")
-    arguments = [_evaluate(arg, scope, run, where) for arg in template.get("args", [])]
-    try:
-        value = function(*(a for a, _ in arguments))
-    except ValueError as error:
-        path = next((a for a in template.get("args", []) if isinstance(a, str)), None)
-        raise MessageError(f"{path or where}: {error}", path) from error
-    return value, value is not None and any(s for _, s in arguments)
-
-
-def _reference(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
-    key = template.get("ref") or template["refs"]
-    if key not in run.types:
-        raise MessageError(f"mapping error at {where}: no resource with key {key!r}")
-    if "id" in template:
-        found = [_optional(path, scope) for path in template["id"]]
-        values = [v for v in found if v is not None]
-        if len(values) < len(found):
+    def translate(scope: Scope, run: _Run) -> tuple[Any, bool]:
+        table = codes.tables().get(name)  # looked up each time: a steward may reload the code tables
+        if table is None:
+            raise MessageError(f"mapping error at {where}: no code table {name!r}")
+        raw = scope.get(path)
+        if raw is None:
+            return default, False
+        translated = table.translate(raw)
+        if translated is None and optional:
             return None, False
-        resource_id = _uuid(run.source, run.types[key], values)
-        return {"reference": f"{run.types[key]}/{resource_id}"}, True
-    made = list(zip(run.ids.get(key, []), run.scopes.get(key, []), strict=True))
-    if "same" in template:  # only those made where these paths read what they read here (the OBX of this OBR)
-        here = [_optional(path, scope) for path in template["same"]]
-        made = [(i, there) for i, there in made if [_optional(path, there) for path in template["same"]] == here]
-    references = [{"reference": f"{run.types[key]}/{i}"} for i, _ in made]
-    if "refs" in template:
-        return (references or None), bool(references)
-    return (references[0] if references else None), bool(references)
+        if translated is None:
+            raise MessageError(f"{path}: {raw!r} is not in code table {table.name} ({where})", path, "code-invalid")
+        return translated, True
+    return translate
 
 
-def _each(template: dict[str, Any], scope: Scope, run: _Run, where: str) -> tuple[Any, bool]:
-    items = [_evaluate(template["as"], inner, run, where) for inner in scope.each(template["each"])]
-    kept = [value for value, sourced in items if value is not None and sourced]
-    return (kept or None), bool(kept)
+def _function(template: dict[str, Any], where: str) -> Compiled:
+    function = FUNCTIONS.get(template["fn"])
+    arguments = [compile_template(argument, where) for argument in template.get("args", [])]
+    path = next((a for a in template.get("args", []) if isinstance(a, str)), None)
+
+    def call(scope: Scope, run: _Run) -> tuple[Any, bool]:
+        if function is None:
+            raise MessageError(f"mapping error at {where}: no function {template['fn']!r}")
+        values = [argument(scope, run) for argument in arguments]
+        try:
+            value = function(*(a for a, _ in values))
+        except ValueError as error:
+            raise MessageError(f"{path or where}: {error}", path) from error
+        return value, value is not None and any(s for _, s in values)
+    return call
 
 
-_OPERATIONS: dict[str, Callable[[dict[str, Any], Scope, _Run, str], tuple[Any, bool]]] = {
+def _reference(template: dict[str, Any], where: str) -> Compiled:
+    key = template.get("ref") or template["refs"]
+    many = "refs" in template
+
+    def refer(scope: Scope, run: _Run) -> tuple[Any, bool]:
+        if key not in run.types:
+            raise MessageError(f"mapping error at {where}: no resource with key {key!r}")
+        if "id" in template:
+            found = [_optional(path, scope) for path in template["id"]]
+            values = [v for v in found if v is not None]
+            if len(values) < len(found):
+                return None, False
+            resource_id = _uuid(run.source, run.types[key], values)
+            return {"reference": f"{run.types[key]}/{resource_id}"}, True
+        made = list(zip(run.ids.get(key, []), run.scopes.get(key, []), strict=True))
+        if "same" in template:  # only those made where these paths read what they read here (the OBX of this OBR)
+            here = [_optional(path, scope) for path in template["same"]]
+            made = [(i, there) for i, there in made if [_optional(path, there) for path in template["same"]] == here]
+        references = [{"reference": f"{run.types[key]}/{i}"} for i, _ in made]
+        if many:
+            return (references or None), bool(references)
+        return (references[0] if references else None), bool(references)
+    return refer
+
+
+def _each(template: dict[str, Any], where: str) -> Compiled:
+    path, item = template["each"], compile_template(template["as"], where)
+
+    def repeat(scope: Scope, run: _Run) -> tuple[Any, bool]:
+        kept = [value for value, sourced in (item(inner, run) for inner in scope.each(path)) if value is not None and sourced]
+        return (kept or None), bool(kept)
+    return repeat
+
+
+_OPERATIONS: dict[str, Callable[[dict[str, Any], str], Compiled]] = {
     "const": _constant, "configured": _source_attribute, "code": _code, "fn": _function,
     "ref": _reference, "refs": _reference, "each": _each,
 }
