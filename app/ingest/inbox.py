@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, bindparam, insert, or_, select, update
+from sqlalchemy import Row, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import db
@@ -72,7 +72,7 @@ def record(messages: list[Received]) -> list[Message]:
     rows = [{"source": m.source, "channel": m.channel, "adapter": m.adapter, "kind": m.kind, "received_at": now, "raw": m.raw,
              "content_hash": h, "state": RECEIVED, "attempts": 0} for m, h in zip(messages, hashes, strict=True)]
     with db.transaction() as session:
-        ids = session.execute(insert(inbound_message).returning(inbound_message.c.id, sort_by_parameter_order=True), rows).scalars().all()
+        ids = db.insert_returning_keys(session, inbound_message, rows)
     return [Message(int(i), m.source, m.adapter, m.kind, m.raw, h) for i, m, h in zip(ids, messages, hashes, strict=True)]
 
 

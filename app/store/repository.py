@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 import orjson
-from sqlalchemy import Row, Select, and_, bindparam, false, insert, select
+from sqlalchemy import Row, Select, and_, bindparam, false, select
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
@@ -26,7 +26,7 @@ from app.auth import audit_trail, membership, policy, relations
 from app.auth.principal import SYSTEM, Principal
 from app.auth.tables import audit_pending, care_relation, consent_denial
 from app.config import get_settings
-from app.db import among, bulk_insert, lock_key
+from app.db import among, bulk_insert, insert_returning_keys, lock_key
 from app.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PreconditionFailed
 from app.fhir import resources
 from app.fhir import search as fhir_search
@@ -391,15 +391,12 @@ def write_versions(session: Session, writes: Sequence[Write]) -> list[Stored]:
 
     new = [i for i, w in enumerate(writes) if w.current is None]
     if new:
-        result = session.connection().execute(
-            insert(resource).returning(resource.c.pk, sort_by_parameter_order=True),
-            [
-                {"res_type": writes[i].resource_type, "res_id": writes[i].resource_id, "version_id": 1,
-                 "last_updated": moment, "deleted": writes[i].content is None, "org": writes[i].org, "patient": patients[i]}
-                for i in new
-            ],
-        )
-        pks.update(zip(new, result.scalars(), strict=True))
+        keys = insert_returning_keys(session, resource, [
+            {"res_type": writes[i].resource_type, "res_id": writes[i].resource_id, "version_id": 1,
+             "last_updated": moment, "deleted": writes[i].content is None, "org": writes[i].org, "patient": patients[i]}
+            for i in new
+        ])
+        pks.update(zip(new, keys, strict=True))
     existing = [i for i, w in enumerate(writes) if w.current is not None]
     if existing:
         session.connection().execute(
