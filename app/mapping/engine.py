@@ -3,7 +3,7 @@
 A mapping lists resources; each has a `type`, an `id` (the source values that identify it, and constants such as
 `{const: weight}` to tell apart resources of one type from one record: the resource id is a uuid5 of the source, the
 type and those values, so a resend or replay updates the same resource), optionally
-`when` (a path that must have a value) and `each` (one resource per segment or repetition), and `content`: the
+`when` (a path that must have a value, or a list of paths one of which must) and `each` (one resource per segment or repetition), and `content`: the
 resource as a template; `fixed` elements every such resource has as written (the content's own win: a follow-up
 form's Condition is I10 unless the form names a code); `create_only: true` makes it only if it does not exist yet,
 `amend: true` only changes it if it exists (the template's elements replace its own; the rest stays). In a template:
@@ -125,7 +125,7 @@ def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> lis
     run = _Run(record, source, {spec["key"]: spec["type"] for spec in mapping.resources})
     planned: list[tuple[dict[str, Any], Compiled, Scope, str]] = []
     for spec, content in zip(mapping.resources, mapping.contents, strict=True):
-        if spec.get("when") and record.scope.get(spec["when"]) is None:
+        if spec.get("when") and not _given(spec["when"], record.scope):
             continue
         scopes = record.scope.each(spec["each"]) if spec.get("each") else [record.scope]
         for scope in scopes:
@@ -139,6 +139,10 @@ def apply(mapping: Mapping, record: SourceRecord, source: dict[str, Any]) -> lis
         resource = {"resourceType": spec["type"], "id": resource_id, **spec.get("fixed", {}), **(made or {})}
         produced.append(Produced(spec["key"], spec["type"], resource_id, resource, bool(spec.get("create_only")), bool(spec.get("amend"))))
     return produced
+
+
+def _given(when: str | list[str], scope: Scope) -> bool:
+    return any(scope.get(path) is not None for path in ([when] if isinstance(when, str) else when))
 
 
 def _resource_id(spec: dict[str, Any], scope: Scope, source: dict[str, Any]) -> str:

@@ -75,6 +75,12 @@ def join(*parts: str | None) -> str | None:
 
 
 @mapping_function
+def if_given(value: Any, result: Any) -> Any:
+    """`result` when the value is given, else absent: a lost follow-up's Encounter is cancelled, not finished."""
+    return None if value is None else result
+
+
+@mapping_function
 def decimal(value: str | None) -> float | int | None:
     if value is None:
         return None

@@ -176,3 +176,39 @@ def test_garbled_or_truncated_exports_never_crash_and_every_row_is_kept(client: 
     assert response.status_code in (200, 422), response.content
     for failure in response.json()["failed"]:
         assert client.get(f"/ingest/messages/{failure['id']}").json()["state"] == "failed"
+
+
+def test_a_referral_written_on_a_form_becomes_a_draft_the_family_doctor_sends(client: TestClient) -> None:
+    form = followup(form_id="HTN-2026-0002", sbp=186, dbp=112, referral_reason="连续两次控制不满意", referral_to="东城区医院 心内科")
+    assert post_file(client, jsonl(form), "hypertension-03.jsonl").status_code == 200
+    tasks = fhir(client, "Task", code="http://hl7.org/fhir/CodeSystem/task-code|fulfill")["entry"]
+    assert len(tasks) == 1  # the form's own; its danger sign (186/112) drafts no second one
+    task = tasks[0]["resource"]
+    assert task["status"] == "draft" and "东城区医院 心内科" in task["description"]
+    request = fhir(client, task["focus"]["reference"])
+    assert request["reasonCode"][0]["text"] == "连续两次控制不满意" and request["category"][0]["coding"][1]["code"] == "upward"
+
+    sent = {**{k: v for k, v in task.items() if k != "businessStatus"}, "status": "requested", "owner": {"reference": "Organization/hosp-1"}}
+    assert client.put(f"/fhir/Task/{task['id']}", json=sent, headers={"Content-Type": "application/fhir+json"}).status_code == 200
+    corrected = {**form, "referral_reason": "血压 186/112 mmHg"}
+    assert post_file(client, jsonl(corrected), "hypertension-04.jsonl").json()["counts"] == {"processed": 1}
+    assert fhir(client, f"Task/{task['id']}")["businessStatus"]["coding"][0]["code"] == "requested"  # the form does not undo it
+
+
+def test_a_death_on_a_form_ends_the_registry_entry_and_the_lost_visit_is_no_follow_up(client: TestClient) -> None:
+    assert post_file(client, jsonl(followup()), "hypertension-03.jsonl").status_code == 200
+    registry = fhir(client, "EpisodeOfCare", type="urn:qiao:registry|hypertension-registry")["entry"]
+    assert [e["resource"]["status"] for e in registry] == ["active"]
+    resident = {k: followup()[k] for k in ("record_no", "id_number", "name", "sex", "birth_date", "phone", "doctor")}
+    died = {**resident, "form_id": "HTN-2026-0009", "visit_date": "2026/9/10", "visit_way": "3", "lost_reason": "死亡",
+            "death_date": "2026-08-28", "death_cause": "急性心肌梗死"}
+    assert post_file(client, jsonl(died), "hypertension-09.jsonl").json()["counts"] == {"processed": 1}
+
+    patient = fhir(client, "Patient", identifier="urn:oid:2.16.156.10011.1.2|110101001-00012")["entry"][0]["resource"]
+    assert patient["deceasedDateTime"] == "2026-08-28" and patient["name"] == [{"text": "张三"}]
+    visit = fhir(client, "Encounter", identifier="urn:qiao:form:hepingli-public-health|HTN-2026-0009")["entry"][0]["resource"]
+    assert visit["status"] == "cancelled"
+    cause = fhir(client, "Observation", code="http://loinc.org|69453-9")["entry"][0]["resource"]
+    assert cause["valueCodeableConcept"]["text"] == "急性心肌梗死" and cause["effectiveDateTime"] == "2026-08-28"
+    entry = fhir(client, "EpisodeOfCare", type="urn:qiao:registry|hypertension-registry")["entry"][0]["resource"]
+    assert entry["status"] == "finished" and entry["period"]["end"].startswith("2026-08-28")
