@@ -93,10 +93,12 @@ def _declare_bulk_export(rest_resources: list[dict[str, Any]]) -> None:
 
 
 def _declare_measures(rest_resources: list[dict[str, Any]]) -> None:
-    """Measures are Qiao's indicators and ConceptMaps its code tables: read, listed and used, never written."""
+    """Measures are Qiao's indicators, ConceptMaps its code tables and Questionnaires the forms its mappings fill:
+    read, listed and used, never written."""
     for resource_type, operation, search in (
         ("Measure", "evaluate-measure", None),
         ("ConceptMap", "translate", [("url", "uri"), ("name", "string"), ("source-system", "uri"), ("target-system", "uri")]),
+        ("Questionnaire", None, [("url", "uri"), ("name", "string"), ("title", "string")]),
     ):
         declared = next(r for r in rest_resources if r["type"] == resource_type)
         declared["interaction"] = [{"code": "read"}, {"code": "search-type"}]
@@ -105,7 +107,9 @@ def _declare_measures(rest_resources: list[dict[str, Any]]) -> None:
             declared.pop(element, None)
         if search is not None:
             declared["searchParam"] = [{"name": name, "type": kind} for name, kind in search]
-        declared["operation"] = [{"name": operation, "definition": f"http://hl7.org/fhir/OperationDefinition/{resource_type}-{operation}"}]
+        declared.pop("operation", None)
+        if operation is not None:
+            declared["operation"] = [{"name": operation, "definition": f"http://hl7.org/fhir/OperationDefinition/{resource_type}-{operation}"}]
 
 
 def capability_statement(base: str) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class Mapping:
     kinds: tuple[str, ...]
     resources: tuple[dict[str, Any], ...]
     key: tuple[str, ...] = ()  # the paths naming the source record a row is a version of (export rows)
+    title: str = ""  # what the source calls the record (a form's name, published with its Questionnaire)
     contents: tuple[Compiled, ...] = ()  # each resource's content template, compiled
 
     def __post_init__(self) -> None:
@@ -97,7 +98,7 @@ def mappings(directory: Path | None = None) -> dict[tuple[str, str], Mapping]:
             continue
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         mapping = Mapping(f"{path.parent.name}/{path.stem}", str(data["version"]), tuple(data["kinds"]), tuple(data["resources"]),
-                          tuple(data.get("key", ())))
+                          tuple(data.get("key", ())), str(data.get("title") or ""))
         for kind in mapping.kinds:
             found[(path.parent.name, kind)] = mapping
     return found

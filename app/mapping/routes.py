@@ -1,5 +1,7 @@
-"""ConceptMaps under /fhir: the code tables, listed, read and used by $translate. Registered before the FHIR routes,
-whose /fhir/{type}/{id} would take $translate for an id."""
+"""ConceptMaps under /fhir: the code tables, listed, read and used by $translate; and Questionnaires: the forms the
+mappings fill. Registered before the FHIR routes, whose /fhir/{type}/{id} would take $translate for an id."""
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -9,7 +11,7 @@ from app.auth.access import PrincipalDep
 from app.fhir import formats
 from app.fhir.formats import FhirResponse
 from app.fhir.parameters import PostedParameters
-from app.mapping import concept_maps
+from app.mapping import concept_maps, questionnaires
 
 router = APIRouter(prefix="/fhir", default_response_class=FhirResponse)
 
@@ -17,11 +19,27 @@ router = APIRouter(prefix="/fhir", default_response_class=FhirResponse)
 @router.get("/ConceptMap")
 def search_concept_maps(request: Request, principal: PrincipalDep) -> Response:
     policy.require(principal, "ConceptMap", "s")
+    return _searchset(request, "ConceptMap", concept_maps.search(request.query_params.multi_items()))
+
+
+@router.get("/Questionnaire")
+def search_questionnaires(request: Request, principal: PrincipalDep) -> Response:
+    policy.require(principal, "Questionnaire", "s")
+    return _searchset(request, "Questionnaire", questionnaires.search(request.query_params.multi_items()))
+
+
+@router.get("/Questionnaire/{questionnaire_id}")
+def read_questionnaire(questionnaire_id: str, principal: PrincipalDep) -> Response:
+    policy.require(principal, "Questionnaire", "r")
+    return FhirResponse(questionnaires.find(questionnaire_id))
+
+
+def _searchset(request: Request, resource_type: str, found: list[dict[str, Any]]) -> Response:
     base = formats.base_url(request)
-    found = concept_maps.search(request.query_params.multi_items())
     return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": len(found),
                          "link": [{"relation": "self", "url": str(request.url)}],
-                         "entry": [{"fullUrl": f"{base}/ConceptMap/{m['id']}", "resource": m, "search": {"mode": "match"}} for m in found]})
+                         "entry": [{"fullUrl": f"{base}/{resource_type}/{r['id']}", "resource": r, "search": {"mode": "match"}}
+                                   for r in found]})
 
 
 @router.api_route("/ConceptMap/$translate", methods=["GET", "POST"])
