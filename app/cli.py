@@ -370,11 +370,17 @@ def steward(args: argparse.Namespace) -> int:
 
 
 def rebuild_index() -> int:
+    from app.errors import Conflict
     from app.mpi import rebuild
 
-    done = rebuild.rebuild()
+    try:
+        done = rebuild.rebuild()
+    except Conflict as error:
+        print(f"qiao mpi rebuild: {error.message}", file=sys.stderr)
+        return 2
     timing = " ".join(f"{phase} {seconds:.1f}s" for phase, seconds in done.seconds.items())
-    print(f"records {done.records} new {done.new_records} moved {done.moved} masters {done.masters} reviews {done.reviews} ({timing})")
+    print(f"records {done.records} new {done.new_records} moved {done.moved} masters {done.masters} reviews {done.reviews}"
+          f" deferred {done.deferred} ({timing})")
     return 0
 
 

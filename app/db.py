@@ -157,10 +157,15 @@ def lock_keys(session: Session, keys: Iterable[str]) -> None:
     sets wait for each other instead of deadlocking."""
     if session.get_bind().dialect.name != "postgresql":
         return
-    numbers = sorted({int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True) for key in keys})
+    numbers = sorted({advisory_key(key) for key in keys})
     if numbers:
         # unnest yields the array in order, and the aggregate takes each lock as the row arrives
         session.execute(text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:ks AS bigint[])) AS k"), {"ks": numbers})
+
+
+def advisory_key(key: str) -> int:
+    """The PostgreSQL advisory lock number of a key (a signed 64-bit digest)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def wait_for_writers(started: datetime, timeout: float) -> bool:

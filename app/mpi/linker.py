@@ -26,7 +26,7 @@ from app.db import among, bulk_insert, lock_keys
 from app.errors import Conflict, Forbidden, NotFound
 from app.logging import fields
 from app.mpi import features as feature_reader
-from app.mpi import golden, names
+from app.mpi import golden, names, rebuild_lock
 from app.mpi.features import Features
 from app.mpi.model import CERTAIN, CERTAINLY_NOT, ID_DIFFERENT, PROBABLE, Levels, Model, compare, conflicts, grade, two_people
 from app.mpi.tables import mpi_block, mpi_distinct, mpi_link_event, mpi_record, mpi_review
@@ -360,22 +360,34 @@ def is_master(connection: Connection, patient_id: str) -> bool:
 
 
 def place_written(session: Session, written: Sequence[Any], principal: Principal) -> None:
-    """Place every source Patient among `written` (repository.Stored), and refresh the masters that changed."""
+    """Place every source Patient among `written` (repository.Stored), and refresh the masters that changed; while
+    a rebuild runs, note them for it instead (app/mpi/rebuild_lock.py)."""
     contents = [(stored, orjson.loads(stored.content) if stored.content else None) for stored in written]
-    sources = [(stored, content) for stored, content in contents if content is None or not golden.is_master(content)]
+    sources = [(stored.resource_id, stored.org, content) for stored, content in contents if content is None or not golden.is_master(content)]
+    if not sources:
+        return
+    if not rebuild_lock.may_place(session):
+        rebuild_lock.defer(session, [patient_id for patient_id, _, _ in sources])
+        return
+    place_sources(session, sources, principal.client_id)
+
+
+def place_sources(session: Session, sources: Sequence[tuple[str, str | None, dict[str, Any] | None]], actor: str) -> None:
+    """Place source records (id, institution, content; None: deleted): a deleted one leaves its master, the others
+    are matched, an institution's merge is followed; then the masters that changed are rewritten."""
     # matching deferred (an initial load): nothing is placed until `qiao mpi rebuild`; a deleted record still leaves
-    placing = [(stored.resource_id, stored.org, feature_reader.of_patient(content)) for stored, content in sources
+    placing = [(patient_id, org, feature_reader.of_patient(content)) for patient_id, org, content in sources
                if content is not None and get_settings().mpi_online]
     # every blocking key of the whole write, locked at once in one order: two batches of overlapping residents
     # wait for each other instead of deadlocking
     lock_keys(session, [f"mpi:{key}" for _, _, f in placing for key in blocking_keys(f)])
     touched: set[str] = set()
-    for stored, content in sources:
+    for patient_id, _, content in sources:
         if content is None:
-            touched |= withdraw(session, stored.resource_id)
-    touched |= place(session, placing, principal.client_id)
-    replacements = [(stored.resource_id, target) for stored, content in sources if content and (target := replaced_by(content))]
-    joined, retired = follow_replacements(session, replacements, principal.client_id)
+            touched |= withdraw(session, patient_id)
+    touched |= place(session, placing, actor)
+    replacements = [(patient_id, target) for patient_id, _, content in sources if content and (target := replaced_by(content))]
+    joined, retired = follow_replacements(session, replacements, actor)
     golden.refresh(session, touched | joined, replaced_by=retired)
 
 

@@ -9,8 +9,9 @@ declared different still rule each other out. Masters keep their ids where their
 cluster takes the id most of its records had), so references to residents stay right; a master left empty is
 retired `replaced-by` the one most of its records went to.
 
-Run it while no Patients are being written (an initial load, or a maintenance window): online writes lock by
-blocking key, the rebuild does not.
+Patients written while it runs (PostgreSQL) are stored at once, and their matching waits: the rebuild places them
+through the online path once its own placements are written (app/mpi/rebuild_lock.py). A second rebuild is refused
+while one runs.
 """
 
 import logging
@@ -28,9 +29,9 @@ from app import db
 from app.config import get_settings
 from app.logging import fields
 from app.mpi import features as feature_reader
-from app.mpi import golden, linker
+from app.mpi import golden, linker, rebuild_lock
 from app.mpi.features import Features
-from app.mpi.tables import mpi_block, mpi_distinct, mpi_link_event, mpi_record, mpi_review
+from app.mpi.tables import mpi_block, mpi_deferred, mpi_distinct, mpi_link_event, mpi_record, mpi_review
 from app.store import dates
 from app.store import repository as store
 from app.store.tables import resource, resource_version
@@ -60,10 +61,22 @@ class Summary:
     moved: int = 0
     masters: int = 0
     reviews: int = 0
+    deferred: int = 0  # Patients written during the rebuild, placed at its end
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 def rebuild(actor: str = "operator") -> Summary:
+    """Place every record again; Patients written meanwhile are placed at the end (rebuild_lock)."""
+    with rebuild_lock.held() as hold:
+        summary = _rebuild(actor)
+        clock = time.monotonic()
+        hold.close_deferrals()
+        summary.deferred = _place_deferred(actor)
+        summary.seconds["deferred"] = time.monotonic() - clock
+    return summary
+
+
+def _rebuild(actor: str) -> Summary:
     summary = Summary()
     started = time.monotonic()
     records, distinct, masters_before = source_records()
@@ -84,6 +97,23 @@ def rebuild(actor: str = "operator") -> Summary:
     summary.seconds["masters"] = time.monotonic() - clock
     log.info("mpi.rebuilt", extra=fields(records=summary.records, moved=summary.moved, masters=summary.masters))
     return summary
+
+
+def _place_deferred(actor: str) -> int:
+    """Place, through the online path, the Patients written while the rebuild ran (their matching waited)."""
+    with db.transaction() as session:
+        connection = session.connection()
+        ids = list(connection.scalars(delete(mpi_deferred).returning(mpi_deferred.c.patient_id)))
+        if not ids:
+            return 0
+        rows = connection.execute(
+            select(resource.c.res_id, resource.c.org, resource.c.deleted, resource_version.c.content)
+            .join(resource_version, store.CURRENT_VERSION)
+            .where(resource.c.res_type == "Patient", db.among(connection, resource.c.res_id, ids)))
+        contents = [(row.res_id, row.org, None if row.deleted or not row.content else orjson.loads(row.content)) for row in rows]
+        linker.place_sources(session, [c for c in contents if c[2] is None or not golden.is_master(c[2])], actor)
+    log.info("mpi.deferred_placed", extra=fields(records=len(ids)))
+    return len(ids)
 
 
 def source_records() -> tuple[list[Record], set[tuple[str, str]], int]:

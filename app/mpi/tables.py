@@ -65,3 +65,10 @@ mpi_link_event = Table(
     Column("actor", String(64), nullable=False),
     Column("note", Text, nullable=True),
 )
+
+mpi_deferred = Table(
+    "mpi_deferred",
+    metadata,
+    Column("patient_id", String(64), primary_key=True),  # a source Patient written while a rebuild ran
+    Column("deferred_at", DateTime(timezone=True), nullable=False),
+)

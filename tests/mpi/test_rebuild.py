@@ -1,14 +1,18 @@
 """`qiao mpi rebuild`: a district's Patients loaded with matching deferred, then placed at once as the online path
 would have placed them; run again, it changes nothing, and what a steward decided stands."""
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 
 from app import cli
 from app.config import get_settings
 from app.mpi import linker
+from app.mpi import rebuild as rebuilding
 from app.mpi.model import Model
 from tests.mpi.test_matching import CHC_MRN, HOSPITAL_MRN, id_number, master_of, pix, post, resident, target_ids
 
@@ -42,7 +46,7 @@ def test_an_initial_load_is_placed_by_the_rebuild_as_online(client: TestClient, 
     monkeypatch.setattr(get_settings(), "mpi_online", False)
     ids = district(client)
     assert client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{HOSPITAL_MRN}|H001"}).status_code == 404  # waiting
-    assert rebuild(capsys) == {"records": 6, "new": 6, "moved": 0, "masters": 5, "reviews": 1}
+    assert rebuild(capsys) == {"records": 6, "new": 6, "moved": 0, "masters": 5, "reviews": 1, "deferred": 0}
     master = master_of(client, f"{HOSPITAL_MRN}|H001")
     assert target_ids(pix(client, f"{CHC_MRN}|C9")) == {f"Patient/{master}", f"Patient/{ids['hospital']}", f"Patient/{ids['community']}"}
     assert master_of(client, f"{HOSPITAL_MRN}|T1") != master_of(client, f"{HOSPITAL_MRN}|T2")
@@ -52,7 +56,7 @@ def test_an_initial_load_is_placed_by_the_rebuild_as_online(client: TestClient, 
     queue = client.get("/mpi/reviews").json()["reviews"]
     assert [(r["patient"], r["master"]) for r in queue] == [(f"Patient/{ids['li2']}", f"Patient/{master_of(client, f'{HOSPITAL_MRN}|L1')}")]
     # run again: nothing moves, no review is queued twice, no master is rewritten
-    assert rebuild(capsys) == {"records": 6, "new": 0, "moved": 0, "masters": 5, "reviews": 1}
+    assert rebuild(capsys) == {"records": 6, "new": 0, "moved": 0, "masters": 5, "reviews": 1, "deferred": 0}
     assert len(client.get("/mpi/reviews").json()["reviews"]) == 1
     assert client.get(f"/fhir/Patient/{master}").json()["meta"]["versionId"] == golden["meta"]["versionId"]
 
@@ -85,3 +89,35 @@ def test_a_model_trained_on_the_district_is_written_and_rebuilt_with(client: Tes
         assert rebuild(capsys)["records"] == 6
     finally:
         linker.model.cache_clear()
+
+
+def test_patients_written_during_a_rebuild_are_stored_at_once_and_placed_at_its_end(
+        client: TestClient, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, app_engine: Engine) -> None:
+    if app_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite writes one transaction at a time: nothing is written beside a rebuild")
+    district(client)
+    replaying, go_on = threading.Event(), threading.Event()
+    replay = rebuilding._replay
+
+    def paused(*args: Any) -> Any:
+        replaying.set()
+        assert go_on.wait(30)
+        return replay(*args)
+
+    monkeypatch.setattr(rebuilding, "_replay", paused)
+    done: dict[str, rebuilding.Summary] = {}
+    running = threading.Thread(target=lambda: done.update(summary=rebuilding.rebuild()))
+    running.start()
+    try:
+        assert replaying.wait(30)  # the rebuild has read the records and is placing them
+        post(client, resident("张", "伟", "1956-03-08", number=id_number("1956-03-08", 31), mrn=(HOSPITAL_MRN, "H002")))
+        waiting = client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{HOSPITAL_MRN}|H002"})
+        assert waiting.status_code == 404  # stored; its matching waits for the rebuild
+        capsys.readouterr()
+        assert cli.main(["mpi", "rebuild"]) == 2 and "already running" in capsys.readouterr().err
+    finally:
+        go_on.set()
+        running.join(60)
+    assert done["summary"].deferred == 1
+    assert master_of(client, f"{HOSPITAL_MRN}|H002") == master_of(client, f"{HOSPITAL_MRN}|H001")
+    assert rebuild(capsys)["deferred"] == 0
