@@ -128,6 +128,8 @@ def _read(item: Inbound) -> tuple[Source | None, SourceRecord | MessageError | N
         record = hl7_parse.parse(item.raw, default_charset=source.charset if source else None)
     except MessageError as error:
         return source, error
+    except Exception:  # noqa: BLE001 - store it first whatever happens: processing parses it again and says why
+        return source, None
     if source is None:
         source = by_facility(record.scope.get("MSH-4.1"))
         if source is not None and source.charset and source.charset != record.charset:
@@ -196,7 +198,8 @@ def _parse(message: inbox.Message, source: Source | None) -> SourceRecord:
 
 def _apply(works: list[_Work]) -> list[_Work]:
     """Apply the batch in one transaction: each message is a duplicate, failed (nothing of it written), or applied
-    with its Provenance. Returns those left for later: they write a resource an earlier one of the batch writes."""
+    with its Provenance. Every message is planned against the resources as they were before the batch, so one that
+    writes a resource an earlier one of the batch writes is left for later (returned), to be applied after it."""
     later: list[_Work] = []
     with db.transaction() as session:
         earlier = inbox.earlier_copies(session, [(w.message, w.identity) for w in works])
@@ -212,20 +215,20 @@ def _apply(works: list[_Work]) -> list[_Work]:
                 _duplicate(work, copy)
                 marks.append(inbox.Mark(work.message.id, inbox.DUPLICATE, work.identity, duplicate_of=copy))
                 continue
-            keys = {(p.resource_type, p.resource_id) for p in work.produced}
-            if work.error is None and keys & claimed:
-                later.append(work)
-                work.outcome = Outcome(work.message.id, inbox.RECEIVED, hl7_ack.ACCEPTED)  # replaced when applied
-                continue
             if work.error is not None:
                 _failed(work, work.error)
                 marks.append(_failure_mark(work))
                 continue
             try:
-                planned = _plan(session, work, found)
+                planned = _plan(session, work, found)  # read as before the batch: see `later`
             except (MessageError, QiaoError) as error:  # raised before any write of this message
                 _failed(work, error)
                 marks.append(_failure_mark(work))
+                continue
+            keys = {(w.resource_type, w.resource_id) for w in planned}
+            if keys & claimed:
+                later.append(work)
+                work.outcome = Outcome(work.message.id, inbox.RECEIVED, hl7_ack.ACCEPTED)  # replaced when applied
                 continue
             claimed |= keys
             applied.add(work.message, work.identity)
@@ -240,11 +243,12 @@ def _apply(works: list[_Work]) -> list[_Work]:
             assert work.record is not None and work.mapping is not None
             work.outcome = Outcome(work.message.id, inbox.PROCESSED, hl7_ack.ACCEPTED, work.record, resources=references)
             marks.append(inbox.Mark(work.message.id, inbox.PROCESSED, work.identity, mapping=work.mapping.label, resources=references))
-            log.info("ingest.processed", extra=fields(inbox_id=work.message.id, kind=work.record.kind, resources=len(references)))
         inbox.mark(session, marks)
     for work in works:
         if work.outcome is not None and work.outcome.state == inbox.FAILED:
             _log_failure(work)
+        elif work.outcome is not None and work.outcome.state == inbox.PROCESSED:
+            log.info("ingest.processed", extra=fields(inbox_id=work.message.id, kind=work.identity.kind, resources=len(work.outcome.resources)))
     return later
 
 
