@@ -12,7 +12,6 @@ from app.auth.principal import ALL, SYSTEM, Principal
 from app.auth.relations import policy_data
 from app.auth.tables import care_relation, consent_denial
 from app.errors import Forbidden
-from app.mpi.tables import mpi_record
 from app.store.query import Sql
 
 AUDIT_TYPE = "AuditEvent"
@@ -73,8 +72,7 @@ def visible(session: Session, principal: Principal, rows: Sequence[Owned]) -> li
 
 def visible_to_each(session: Session, principals: Sequence[Principal], rows: Sequence[Owned]) -> list[list[bool]]:
     """`visible` for several principals at once (the subscribers to a change): one query however many there are.
-    A master resident's facts are its source records': an organization that sent one, or cares for one, cares for
-    the master; a consent on any of them denies it (read through `mpi_record` and filed under the master)."""
+    A master resident's facts are its source records' (app/mpi/facts.py keeps them as the master's own rows)."""
     restricted = [p for p in principals if not p.unrestricted]
     orgs = {p.organization or "" for p in restricted}
     private = private_types()
@@ -82,24 +80,13 @@ def visible_to_each(session: Session, principals: Sequence[Principal], rows: Seq
     denied: set[tuple[str, str]] = set()
     caring: set[tuple[str, str]] = set()
     if patients:
-        source = mpi_record.alias("source")
         denying = consent_denial.c.org_id.in_([*orgs, "*"])
-        facts = [
-            select(consent_denial.c.patient_id, consent_denial.c.org_id, literal("denied").label("fact"))
-            .where(consent_denial.c.patient_id.in_(patients), denying),
-            select(source.c.master_id, consent_denial.c.org_id, literal("denied"))
-            .join(consent_denial, consent_denial.c.patient_id == source.c.patient_id).where(source.c.master_id.in_(patients), denying),
-        ]
+        facts = [select(consent_denial.c.patient_id, consent_denial.c.org_id, literal("denied").label("fact"))
+                 .where(consent_denial.c.patient_id.in_(patients), denying)]
         carers = {p.organization or "" for p in restricted if not p.every_resident}
         if carers:
-            facts += [
-                select(care_relation.c.patient_id, care_relation.c.org_id, literal("caring"))
-                .where(care_relation.c.patient_id.in_(patients), care_relation.c.org_id.in_(carers)),
-                select(source.c.master_id, care_relation.c.org_id, literal("caring"))
-                .join(care_relation, care_relation.c.patient_id == source.c.patient_id)
-                .where(source.c.master_id.in_(patients), care_relation.c.org_id.in_(carers)),
-                select(source.c.master_id, source.c.org, literal("caring")).where(source.c.master_id.in_(patients), source.c.org.in_(carers)),
-            ]
+            facts.append(select(care_relation.c.patient_id, care_relation.c.org_id, literal("caring"))
+                         .where(care_relation.c.patient_id.in_(patients), care_relation.c.org_id.in_(carers)))
         for patient_id, org_id, fact in session.connection().execute(union_all(*facts)):
             (denied if fact == "denied" else caring).add((patient_id, org_id))
 
@@ -117,15 +104,10 @@ ORGANIZATION: BindParameter[str] = bindparam("policy_org")
 
 def fact_columns(patient: ColumnElement[str]) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """`denied` and `caring` for the resident in column `patient`, to read the policy's facts in the same query as
-    the row itself (a single read then costs one round trip, as without a policy); for a master, its sources' too."""
+    the row itself (a single read then costs one round trip, as without a policy)."""
     denying = or_(consent_denial.c.org_id == ORGANIZATION, consent_denial.c.org_id == "*")
-    source = mpi_record.alias("source")
-    denied = or_(exists().where(consent_denial.c.patient_id == patient, denying),
-                 exists().where(source.c.master_id == patient, consent_denial.c.patient_id == source.c.patient_id, denying))
-    caring = or_(exists().where(care_relation.c.patient_id == patient, care_relation.c.org_id == ORGANIZATION),
-                 exists().where(source.c.master_id == patient, or_(
-                     source.c.org == ORGANIZATION,
-                     exists().where(care_relation.c.patient_id == source.c.patient_id, care_relation.c.org_id == ORGANIZATION))))
+    denied = exists().where(consent_denial.c.patient_id == patient, denying)
+    caring = exists().where(care_relation.c.patient_id == patient, care_relation.c.org_id == ORGANIZATION)
     return denied.label("denied"), caring.label("caring")
 
 
@@ -176,14 +158,9 @@ def visible_sql(sql: Sql, principal: Principal, alias: str, resource_types: Iter
     org = sql.param(principal.organization or "")
     own = f"{alias}.org = {org}"
     private_rule = "TRUE" if principal.access == ALL else own
-    # a master's facts are its source records' (mpi_record: master → source, and the organization that sent it)
-    denied = (f"(EXISTS (SELECT 1 FROM consent_denial d WHERE d.patient_id = {alias}.patient AND d.org_id IN ({org}, '*'))"
-              f" OR EXISTS (SELECT 1 FROM mpi_record m JOIN consent_denial d ON d.patient_id = m.patient_id"
-              f" WHERE m.master_id = {alias}.patient AND d.org_id IN ({org}, '*')))")
+    denied = f"EXISTS (SELECT 1 FROM consent_denial d WHERE d.patient_id = {alias}.patient AND d.org_id IN ({org}, '*'))"
     caring = "TRUE" if principal.every_resident else (
-        f"(EXISTS (SELECT 1 FROM care_relation c WHERE c.patient_id = {alias}.patient AND c.org_id = {org})"
-        f" OR EXISTS (SELECT 1 FROM mpi_record m WHERE m.master_id = {alias}.patient AND (m.org = {org}"
-        f" OR EXISTS (SELECT 1 FROM care_relation c WHERE c.patient_id = m.patient_id AND c.org_id = {org}))))")
+        f"EXISTS (SELECT 1 FROM care_relation c WHERE c.patient_id = {alias}.patient AND c.org_id = {org})")
     shared_rule = f"({alias}.patient IS NULL OR {own} OR (NOT {denied} AND {caring}))"
     private = private_types()
     types = set(resource_types) if resource_types is not None else None

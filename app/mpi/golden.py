@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.principal import SYSTEM
 from app.db import among
-from app.mpi import features, id_number, names
+from app.mpi import facts, features, id_number, names
 from app.mpi.tables import mpi_record
 from app.store import repository, rules
 from app.store.tables import resource, resource_version
@@ -62,6 +62,7 @@ def refresh(session: Session, master_ids: Iterable[str], *, replaced_by: dict[st
             content = None
         writes.append(repository.Write("Patient", master_id, "PUT" if content else "DELETE", content, found.get(master_id)))
     written = repository.write_versions(session, writes)
+    facts.remirror(session, masters)  # who cares for the master, and whose consent denies it, follow its records
     rules.after(session, written, SYSTEM)  # what follows the master (its registry entries) follows it now
 
 

@@ -16,6 +16,7 @@ SQLite (one writer at a time, the embedded default): nothing is deferred; run a 
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import text
@@ -27,17 +28,29 @@ from app.errors import Conflict
 from app.mpi.tables import mpi_deferred
 from app.store import dates
 
-RUNNING, PLACING, DEFERRING = (db.advisory_key(f"mpi:rebuild:{name}") for name in ("running", "placing", "deferring"))
+
+@lru_cache(maxsize=16)
+def _keys(database: str) -> tuple[int, int, int]:
+    """RUNNING, PLACING, DEFERRING of one database and schema (advisory locks are the server's, per database: two
+    deployments in schemas of one database must not wait for each other)."""
+    running, placing, deferring = (db.advisory_key(f"mpi:rebuild:{name}:{database}") for name in ("running", "placing", "deferring"))
+    return running, placing, deferring
+
+
+def _keys_of(bind: Any) -> tuple[int, int, int]:
+    return _keys(bind.url.render_as_string(hide_password=True))
 
 
 def may_place(session: Session) -> bool:
     """In a Patient write's transaction: whether to match now (False while a rebuild runs: `defer` instead)."""
-    if session.get_bind().dialect.name != "postgresql":
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
         return True
-    if _try_shared(session, PLACING):
+    _, placing, deferring = _keys_of(bind)
+    if _try_shared(session, placing):
         return True
-    session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": DEFERRING})
-    return _try_shared(session, PLACING)  # the rebuild may have ended while this write waited
+    session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": deferring})
+    return _try_shared(session, placing)  # the rebuild may have ended while this write waited
 
 
 def _try_shared(session: Session, key: int) -> bool:
@@ -58,6 +71,7 @@ class Hold:
     def __init__(self, connection: Any) -> None:
         self._connection = connection
         self._held: list[int] = []
+        self.running, self.placing, self.deferring = _keys_of(connection.engine) if connection is not None else (0, 0, 0)
 
     def take(self, key: int, *, wait: bool = True) -> bool:
         if self._connection is None:
@@ -71,12 +85,12 @@ class Hold:
 
     def close_deferrals(self) -> None:
         """Wait until the deferring writes in flight have committed; later ones wait for `release`."""
-        self.take(DEFERRING)
+        self.take(self.deferring)
 
     def release(self) -> None:
         if self._connection is None:
             return
-        for key in sorted(self._held, key=(PLACING, DEFERRING, RUNNING).index):  # PLACING first: see the docstring
+        for key in sorted(self._held, key=(self.placing, self.deferring, self.running).index):  # placing first: see the docstring
             self._connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         self._connection.close()
         self._connection = None
@@ -91,9 +105,9 @@ def held() -> Iterator[Hold]:
         return
     hold = Hold(engine.connect().execution_options(isolation_level="AUTOCOMMIT"))
     try:
-        if not hold.take(RUNNING, wait=False):
+        if not hold.take(hold.running, wait=False):
             raise Conflict("a rebuild of the master patient index is already running", expression=["mpi"])
-        hold.take(PLACING)  # the writes in flight commit first
+        hold.take(hold.placing)  # the writes in flight commit first
         yield hold
     finally:
         hold.release()

@@ -31,11 +31,11 @@ def all_rules() -> tuple[WriteRule, ...]:
     write through the store themselves."""
     from app.cdc import followups, indicators, registries
     from app.mapping import concept_maps, questionnaires
-    from app.mpi import linker
+    from app.mpi import facts, linker
     from app.referrals import workflow
     from app.subscriptions import outbox, registry
 
-    return (indicators.RULE, concept_maps.RULE, questionnaires.RULE, linker.RULE, registries.RULE, followups.RULE, registry.RULE, outbox.RULE, workflow.RULE)
+    return (indicators.RULE, concept_maps.RULE, questionnaires.RULE, linker.RULE, facts.RULE, registries.RULE, followups.RULE, registry.RULE, outbox.RULE, workflow.RULE)
 
 
 def check(session: Session, write: "Write", principal: Principal) -> None:

@@ -199,3 +199,18 @@ def test_a_master_is_seen_by_whoever_sees_one_of_its_sources(client: TestClient,
     assert sees_master(hospital)  # caring for a source record is caring for the resident
     post(client, chc, consent_denying(community["patient"], "hosp-1"))
     assert not sees_master(hospital)
+
+
+def test_a_master_s_carers_follow_its_records_when_a_steward_parts_them(client: TestClient, institutions: dict[str, Headers],
+                                                                      community: dict[str, str]) -> None:
+    hospital = institutions["hospital"]
+    own = post(client, hospital, patient("李", "秀英", id_card="440524188001010014"))  # the hospital's record of her
+    pix = client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": "urn:oid:2.16.156.10011.1.3|440524188001010014"})
+    master = next(p["valueIdentifier"]["value"] for p in pix.json()["parameter"]
+                  if p["name"] == "targetIdentifier" and p["valueIdentifier"]["system"] == "urn:qiao:mpi")
+    assert client.get(f"/fhir/Patient/{master}", headers=hospital).status_code == 200  # it sent one of her records
+    parted = client.post("/mpi/unmerge", json={"patient": [f"Patient/{own}"]})
+    assert parted.status_code == 200, parted.text
+    assert client.get(f"/fhir/Patient/{master}", headers=hospital).status_code == 403  # its record left that master
+    post(client, institutions["chc"], referral_task(community["patient"]))  # then the centre refers her to it
+    assert client.get(f"/fhir/Patient/{master}", headers=hospital).status_code == 200
