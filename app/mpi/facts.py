@@ -11,7 +11,7 @@ golden.refresh): a record that joins or leaves a master takes its facts with it.
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, literal, select
+from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.orm import Session
 
 from app.auth.principal import Principal
@@ -20,7 +20,6 @@ from app.auth.tables import care_relation, consent_denial
 from app.db import among
 from app.mpi.tables import mpi_record
 from app.store.rules import WriteRule
-from app.store.tables import resource
 
 FACTS = (care_relation, consent_denial)
 
@@ -41,24 +40,29 @@ def mirror_written(session: Session, written: Sequence[Any], _principal: Princip
 
 def remirror(session: Session, masters: Iterable[str]) -> None:
     """The masters' facts made again from their records: what their sources' resources say, and each source's
-    sender as a carer. The masters' own rows (from their own content) stay."""
+    sender as a carer. Facts from resources about the master itself stay (a Task for Patient/{master})."""
     master_ids = sorted(set(masters))
     if not master_ids:
         return
     connection = session.connection()
-    own = select(resource.c.pk).where(resource.c.res_type == "Patient", among(connection, resource.c.res_id, master_ids))
-    for table in FACTS:
-        connection.execute(delete(table).where(among(connection, table.c.patient_id, master_ids), table.c.resource_pk.not_in(own)))
-        connection.execute(insert(table).from_select(
-            ["resource_pk", "patient_id", "org_id"],
-            select(table.c.resource_pk, mpi_record.c.master_id, table.c.org_id)
-            .join(mpi_record, mpi_record.c.patient_id == table.c.patient_id)
-            .where(among(connection, mpi_record.c.master_id, master_ids))))
-    connection.execute(insert(care_relation).from_select(  # the organization that sent a record cares for its master
-        ["resource_pk", "patient_id", "org_id"],
-        select(resource.c.pk, mpi_record.c.master_id, mpi_record.c.org)
-        .join(resource, and_(resource.c.res_type == literal("Patient"), resource.c.res_id == mpi_record.c.patient_id))
-        .where(among(connection, mpi_record.c.master_id, master_ids), mpi_record.c.org.is_not(None))))
+    if connection.dialect.name == "postgresql":  # one round trip: every part reads the rows as they were before
+        connection.execute(text(_REMIRROR), {"masters": master_ids})
+        return
+    for statement in _REMIRROR_STEPS:
+        connection.execute(text(statement.replace("= ANY(:masters)", "IN :masters")).bindparams(bindparam("masters", expanding=True)),
+                           {"masters": master_ids})
+
+
+#: each master's mirrored rows: those whose resource is about someone else (one of its records)
+_MIRRORED = "EXISTS (SELECT 1 FROM resource r WHERE r.pk = {t}.resource_pk AND (r.patient IS NULL OR r.patient <> {t}.patient_id))"
+_REMIRROR_STEPS = [
+    *(f"DELETE FROM {t} WHERE {t}.patient_id = ANY(:masters) AND {_MIRRORED.format(t=t)}" for t in ("care_relation", "consent_denial")),
+    *(f"INSERT INTO {t} (resource_pk, patient_id, org_id) SELECT f.resource_pk, m.master_id, f.org_id FROM {t} f"
+      f" JOIN mpi_record m ON m.patient_id = f.patient_id WHERE m.master_id = ANY(:masters)" for t in ("care_relation", "consent_denial")),
+    "INSERT INTO care_relation (resource_pk, patient_id, org_id) SELECT r.pk, m.master_id, m.org FROM mpi_record m"
+    " JOIN resource r ON r.res_type = 'Patient' AND r.res_id = m.patient_id WHERE m.master_id = ANY(:masters) AND m.org IS NOT NULL",
+]
+_REMIRROR = "WITH " + ", ".join(f"step{i} AS ({statement})" for i, statement in enumerate(_REMIRROR_STEPS[:-1])) + " " + _REMIRROR_STEPS[-1]
 
 
 def _fact_types() -> frozenset[str]:

@@ -24,5 +24,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in ("care_relation", "consent_denial"):
-        op.execute(f"DELETE FROM {table} WHERE patient_id IN (SELECT DISTINCT master_id FROM mpi_record)"
-                   f" AND resource_pk NOT IN (SELECT pk FROM resource WHERE res_type = 'Patient' AND res_id = {table}.patient_id)")
+        op.execute(f"DELETE FROM {table} WHERE patient_id IN (SELECT DISTINCT master_id FROM mpi_record) AND EXISTS"
+                   f" (SELECT 1 FROM resource r WHERE r.pk = {table}.resource_pk AND (r.patient IS NULL OR r.patient <> {table}.patient_id))")

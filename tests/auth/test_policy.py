@@ -214,3 +214,6 @@ def test_a_master_s_carers_follow_its_records_when_a_steward_parts_them(client: 
     assert client.get(f"/fhir/Patient/{master}", headers=hospital).status_code == 403  # its record left that master
     post(client, institutions["chc"], referral_task(community["patient"]))  # then the centre refers her to it
     assert client.get(f"/fhir/Patient/{master}", headers=hospital).status_code == 200
+    post(client, institutions["chc"], consent_denying(master, "hosp-1"))  # her consent, on her master resident itself
+    post(client, institutions["chc"], patient("李", "秀英", id_card="440524188001010014", birth_date="1880-01-01"))  # a record joins
+    assert client.get(f"/fhir/Patient/{master}", headers=hospital).status_code == 403  # rewriting the master kept its own facts
