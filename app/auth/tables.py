@@ -43,7 +43,7 @@ def _resident_fact(name: str) -> Table:
     return Table(
         name,
         metadata,
-        Column("resource_pk", PrimaryKey, ForeignKey("resource.pk"), nullable=False, index=True),
+        Column("resource_pk", PrimaryKey, nullable=False, index=True),  # derived: no foreign key (migration 0015)
         Column("patient_id", String(64), nullable=False),
         Column("org_id", String(64), nullable=False),
         Index(None, "patient_id", "org_id"),

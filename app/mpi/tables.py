@@ -1,7 +1,7 @@
 """Tables of the master patient index: each source Patient's normalised features and master, its blocking keys,
 the review queue, pairs a data steward declared different, and every link change (so that merges can be undone)."""
 
-from sqlalchemy import Column, DateTime, Float, ForeignKey, Index, String, Table, Text
+from sqlalchemy import Column, DateTime, Float, Index, String, Table, Text
 
 from app.db import metadata
 from app.store.tables import PrimaryKey
@@ -23,7 +23,7 @@ mpi_block = Table(
     "mpi_block",
     metadata,
     Column("key", String(160), nullable=False, index=True),
-    Column("record_pk", PrimaryKey, ForeignKey("mpi_record.pk"), nullable=False, index=True),
+    Column("record_pk", PrimaryKey, nullable=False, index=True),  # derived from mpi_record: no foreign key (migration 0015)
 )
 
 mpi_review = Table(

@@ -80,10 +80,11 @@ resource_version = Table(
 
 
 def _index_table(name: str, *columns: Any) -> Table:
+    """Derived rows, written only beside their resource's row: no foreign key on PostgreSQL (migration 0015)."""
     return Table(
         name,
         metadata,
-        Column("resource_pk", PrimaryKey, ForeignKey("resource.pk"), nullable=False, index=True),
+        Column("resource_pk", PrimaryKey, nullable=False, index=True),
         Column("res_type", String(64), nullable=False),
         Column("param", String(64), nullable=False),
         *columns,

@@ -160,9 +160,12 @@ def _keep_template(kept: str, placed: dict[str, str], load_rate: float) -> None:
 
 
 def _from_template() -> str:
+    """A copy of the kept load, its schema brought up to date (`qiao migrate`, as an operator does after upgrading)."""
     drop_database(DATABASE)
     with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {DATABASE} TEMPLATE {TEMPLATE}")
+    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], check=True,
+                   env={**os.environ, "QIAO_DATABASE_URL": url_of(DATABASE), "QIAO_LOG_LEVEL": "WARNING"})
     return url_of(DATABASE)
 
 
