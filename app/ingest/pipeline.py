@@ -24,7 +24,7 @@ from app.store import dates
 from app.store import repository as store
 
 log = logging.getLogger("qiao.ingest")
-HL7V2, ROWS = "hl7v2", "rows"
+HL7V2, ROWS = "hl7v2", inbox.ROWS_ADAPTER
 UNKNOWN_SOURCE = "unknown"
 MESSAGE_SYSTEM = "urn:qiao:inbound-message"
 #: FHIR issue type of a failure → HL7 table 0357 condition code in the ACK's ERR segment
