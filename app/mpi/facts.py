@@ -25,12 +25,13 @@ FACTS = (care_relation, consent_denial)
 
 
 def mirror_written(session: Session, written: Sequence[Any], _principal: Principal) -> None:
-    """The facts these writes made about source records, made about their masters too (one statement a table)."""
-    pks = [stored.pk for stored in written if not stored.deleted]
-    if not pks:
-        return
+    """The facts these writes made about source records, made about their masters too (one statement a table that
+    one of the written types feeds)."""
     connection = session.connection()
-    for table in FACTS:
+    for table, types in ((care_relation, frozenset(policy_data()["care_relations"])), (consent_denial, frozenset({"Consent"}))):
+        pks = [stored.pk for stored in written if not stored.deleted and stored.resource_type in types]
+        if not pks:
+            continue
         connection.execute(insert(table).from_select(
             ["resource_pk", "patient_id", "org_id"],
             select(table.c.resource_pk, mpi_record.c.master_id, table.c.org_id)
