@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache, partial
 from typing import Any
 
@@ -29,7 +29,7 @@ from app.mpi import features as feature_reader
 from app.mpi import golden, names, rebuild_lock
 from app.mpi.features import Features
 from app.mpi.model import CERTAIN, CERTAINLY_NOT, ID_DIFFERENT, PROBABLE, Levels, Model, compare, conflicts, grade, two_people
-from app.mpi.tables import mpi_block, mpi_distinct, mpi_link_event, mpi_record, mpi_review
+from app.mpi.tables import mpi_block, mpi_common, mpi_distinct, mpi_link_event, mpi_record, mpi_review
 from app.store import dates
 from app.store.rules import WriteRule
 
@@ -226,6 +226,10 @@ def _pair(a: str, b: str) -> tuple[str, str]:
 #: Counting 王艳's 2,000 records' distinct masters took 35-80 ms of a write at 1M records; so common a value's share
 #: moves slowly, and a share is an estimate in any case (SHARE_SAMPLE)
 COMMON, COMMON_FOR = 100, 600.0
+#: `qiao mpi rebuild` keeps its count of every common value (mpi_common); online matching starts from those counts,
+#: for this many days, instead of counting again in every process (the first look-ups of a fresh server were the
+#: slowest $match calls at 1M)
+COMMON_KEPT_DAYS = 7
 _common: dict[tuple[str, str], tuple[float, float]] = {}  # (database, key) → (counted at, residents)
 
 
@@ -236,6 +240,9 @@ def _shares(connection: Connection, batch: Sequence[Features], population: int) 
         return {}
     url, now = str(connection.engine.url), time.monotonic()
     residents = {key: found[1] for key in keys if (found := _common.get((url, key))) and now - found[0] < COMMON_FOR}
+    census = _census(connection)
+    residents.update({key: census.common[key] / census.records_per_resident for key in keys
+                      if key not in residents and key in census.common})
     missing = [key for key in keys if key not in residents]
     if missing:
         sample = _first(connection, missing, SHARE_SAMPLE)
@@ -248,7 +255,7 @@ def _shares(connection: Connection, batch: Sequence[Features], population: int) 
                 .join(mpi_record, mpi_record.c.pk == sample.c.record_pk).group_by(sample.c.key)).tuples().all())
         if len(_common) > 100_000:
             _common.clear()
-        per_resident = _census(connection).records_per_resident
+        per_resident = census.records_per_resident
         for key in set(records) - set(rare):
             residents[key] = records[key] / per_resident
             _common[(url, key)] = (now, residents[key])
@@ -269,6 +276,7 @@ def _share(shares: dict[str, float], f: Features, comparison: str, level: int) -
 class Census:
     residents: int  # masters
     records: int
+    common: dict[str, int] = field(default_factory=dict)  # records under each common value, as the last rebuild counted
 
     @property
     def records_per_resident(self) -> float:
@@ -306,7 +314,9 @@ def _recount(engine: Engine, url: str) -> None:
 def _count(connection: Connection) -> Census:
     residents, records = connection.execute(select(func.count(func.distinct(mpi_record.c.master_id)), func.count())
                                             .select_from(mpi_record)).one()
-    return Census(int(residents or 0), int(records or 0))
+    since = dates.now() - timedelta(days=COMMON_KEPT_DAYS)
+    common = dict(connection.execute(select(mpi_common.c.key, mpi_common.c.records).where(mpi_common.c.counted_at >= since)).tuples().all())
+    return Census(int(residents or 0), int(records or 0), common)
 
 
 def _distinct(connection: Connection, ids: list[str], others: list[str]) -> set[tuple[str, str]]:

@@ -31,7 +31,7 @@ from app.logging import fields
 from app.mpi import features as feature_reader
 from app.mpi import golden, linker, rebuild_lock
 from app.mpi.features import Features
-from app.mpi.tables import mpi_block, mpi_deferred, mpi_distinct, mpi_link_event, mpi_record, mpi_review
+from app.mpi.tables import mpi_block, mpi_common, mpi_deferred, mpi_distinct, mpi_link_event, mpi_record, mpi_review
 from app.store import dates
 from app.store import repository as store
 from app.store.tables import resource, resource_version
@@ -83,12 +83,14 @@ def _rebuild(actor: str) -> Summary:
     summary.records = len(records)
     summary.seconds["read"] = time.monotonic() - started
     clock = time.monotonic()
-    placement, probability, reviews = _replay(records, distinct, masters_before or _residents(records))
+    shares = Counter(key for r in records for key in set(linker.frequency_keys(r.features) + [f"ph:{p}" for p in r.features.phones]))
+    placement, probability, reviews = _replay(records, distinct, masters_before or _residents(records), shares)
     summary.seconds["match"] = time.monotonic() - clock
     clock = time.monotonic()
     final = _master_ids(records, placement)
     retired = _retired(records, placement, final)
     touched = _write(records, placement, probability, reviews, final, actor, summary)
+    _keep_common(shares)
     _analyze()
     summary.seconds["write"] = time.monotonic() - clock
     clock = time.monotonic()
@@ -148,12 +150,12 @@ def _residents(records: list[Record]) -> int:
     return round(len(records) * len(set(numbers)) / len(numbers)) if numbers else len(records)
 
 
-def _replay(records: list[Record], distinct: set[tuple[str, str]], residents: int) -> tuple[dict[str, str], dict[str, float | None],
-                                                                                           dict[str, list[linker.Candidate]]]:
+def _replay(records: list[Record], distinct: set[tuple[str, str]], residents: int, shares: Counter[str]
+            ) -> tuple[dict[str, str], dict[str, float | None], dict[str, list[linker.Candidate]]]:
     """Each record's cluster (a fixed master id, or "new:N"), its probability and its doubtful candidates. Term
-    frequencies are shares of the records; `residents` is the population a name's rarity is judged against."""
+    frequencies are shares of the records (`shares`: records per value); `residents` is the population a name's
+    rarity is judged against."""
     keys = Counter(key for r in records for key in set(linker.blocking_keys(r.features)))
-    shares = Counter(key for r in records for key in set(linker.frequency_keys(r.features) + [f"ph:{p}" for p in r.features.phones]))
     population = max(residents, get_settings().mpi_min_population)
     pool = linker.Pool({}, {}, {key: count / len(records) for key, count in shares.items()}, distinct, population,
                        closed=frozenset(key for key, count in keys.items() if count > linker.BLOCK_LIMIT))
@@ -253,6 +255,15 @@ def _write(records: list[Record], placement: dict[str, str], probability: dict[s
         summary.moved += len(moves)
         summary.reviews += sum(len(reviews.get(r.patient_id, [])) for r in chunk)
     return touched
+
+
+def _keep_common(shares: Counter[str]) -> None:
+    """The records under each common value, for online matching to start from (linker.COMMON_KEPT_DAYS)."""
+    now = dates.now()
+    with db.transaction() as session:
+        session.execute(delete(mpi_common))
+        db.bulk_insert(session, mpi_common, [{"key": key, "records": count, "counted_at": now}
+                                             for key, count in sorted(shares.items()) if count >= linker.COMMON])
 
 
 def _open_reviews() -> dict[str, list[tuple[int, str]]]:

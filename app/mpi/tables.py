@@ -1,7 +1,7 @@
 """Tables of the master patient index: each source Patient's normalised features and master, its blocking keys,
 the review queue, pairs a data steward declared different, and every link change (so that merges can be undone)."""
 
-from sqlalchemy import Column, DateTime, Float, Index, String, Table, Text
+from sqlalchemy import Column, DateTime, Float, Index, Integer, String, Table, Text
 
 from app.db import metadata
 from app.store.tables import PrimaryKey
@@ -71,4 +71,12 @@ mpi_deferred = Table(
     metadata,
     Column("patient_id", String(64), primary_key=True),  # a source Patient written while a rebuild ran
     Column("deferred_at", DateTime(timezone=True), nullable=False),
+)
+
+mpi_common = Table(
+    "mpi_common",
+    metadata,
+    Column("key", String(160), primary_key=True),  # a term-frequency key (name, name sound, phone) of many records
+    Column("records", Integer, nullable=False),
+    Column("counted_at", DateTime(timezone=True), nullable=False),
 )

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from app import cli
 from app.config import get_settings
@@ -121,3 +121,28 @@ def test_patients_written_during_a_rebuild_are_stored_at_once_and_placed_at_its_
     assert done["summary"].deferred == 1
     assert master_of(client, f"{HOSPITAL_MRN}|H002") == master_of(client, f"{HOSPITAL_MRN}|H001")
     assert rebuild(capsys)["deferred"] == 0
+
+
+def test_online_matching_starts_from_the_rebuild_s_count_of_common_names(client: TestClient, capsys: pytest.CaptureFixture[str],
+                                                                         monkeypatch: pytest.MonkeyPatch, app_engine: Engine) -> None:
+    monkeypatch.setattr(get_settings(), "mpi_online", False)
+    monkeypatch.setattr(linker, "COMMON", 2)  # a district of six records: a value twice is common
+    district(client)
+    rebuild(capsys)
+    monkeypatch.setattr(linker, "_censuses", {})
+    monkeypatch.setattr(linker, "_common", {})
+    counted: list[str] = []
+    first = linker._first
+
+    def counting(connection: Any, keys: list[str], limit: int) -> Any:
+        counted.extend(keys)
+        return first(connection, keys, limit)
+
+    monkeypatch.setattr(linker, "_first", counting)
+    query = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": resident(
+        "李", "秀英", "1948-11-20", number=None, mrn=(CHC_MRN, "L3"), gender="female")}]}
+    with app_engine.connect() as connection:
+        kept = dict(connection.execute(text("SELECT key, records FROM mpi_common")).tuples().all())
+    assert kept["tc:李秀英"] == 2 and all(count >= 2 for count in kept.values())
+    assert client.post("/fhir/Patient/$match", json=query).status_code == 200
+    assert "tc:李秀英" not in counted, counted  # the rebuild's count, not a new one
