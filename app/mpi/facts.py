@@ -21,8 +21,6 @@ from app.db import among
 from app.mpi.tables import mpi_record
 from app.store.rules import WriteRule
 
-FACTS = (care_relation, consent_denial)
-
 
 def mirror_written(session: Session, written: Sequence[Any], _principal: Principal) -> None:
     """The facts these writes made about source records, made about their masters too (one statement a table that
