@@ -16,8 +16,7 @@ from functools import lru_cache, partial
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, String, bindparam, delete, func, insert, select, true, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from app.auth.principal import Principal
@@ -133,26 +132,16 @@ class Pool:
     @classmethod
     def read(cls, connection: Connection, batch: Sequence[Features], ids: Sequence[str]) -> "Pool":
         keys = sorted({key for f in batch for key in blocking_keys(f)})
-        under: dict[str, list[int]] = {}  # key → record pks
-        if keys:
-            first = _first(connection, keys, BLOCK_LIMIT + 1)
-            for key, record_pk in connection.execute(select(first.c.key, first.c.record_pk)):
-                under.setdefault(key, []).append(record_pk)
-        under = {key: found for key, found in under.items() if len(found) <= BLOCK_LIMIT}
-        pks = {pk for found in under.values() for pk in found}
-        # the candidates' masters with all their records (a master is only joined when all of it may be), which holds
-        # the candidates themselves: "pk IN … OR master_id IN …" had PostgreSQL scan the whole index table
-        their_masters = select(mpi_record.c.master_id).where(among(connection, mpi_record.c.pk, pks)).scalar_subquery()
-        rows = connection.execute(
-            select(mpi_record.c.pk, mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.features)
-            .where(mpi_record.c.master_id.in_(their_masters))
-        ).all() if pks else []
-        by_pk = {row.pk: row.patient_id for row in rows}
-        records = {row.patient_id: (row.master_id, Features.from_json(orjson.loads(row.features))) for row in rows}
+        rows = _candidate_rows(connection, keys) if keys else []
+        blocks: dict[str, list[str]] = {}
+        for row in sorted(rows, key=lambda row: row[0]):
+            for key in row[4] or ():
+                blocks.setdefault(key, []).append(row[1])
+        records = {patient_id: (master_id, Features.from_json(orjson.loads(features)))
+                   for _, patient_id, master_id, features, _ in rows}
         distinct = _distinct(connection, list(ids), list(records)) if ids and records else set()
         population = max(_census(connection).residents, get_settings().mpi_min_population)
-        return cls({key: [by_pk[pk] for pk in found if pk in by_pk] for key, found in under.items()}, records,
-                   _shares(connection, batch, population), distinct, population)
+        return cls(blocks, records, _shares(connection, batch, population), distinct, population)
 
     def score(self, f: Features, *, exclude: str | None = None) -> list[Candidate]:
         """The records sharing a blocking key, scored; and any other record of their masters that rules its master
@@ -204,17 +193,50 @@ class Pool:
                 found.append(patient_id)
 
 
-def _first(connection: Connection, keys: list[str], limit: int) -> Any:
-    """(key, record_pk) of the first `limit` records under each key, as a subquery. On PostgreSQL a LATERAL join
-    reads at most `limit` index entries per key, whatever the key's size, in one statement whatever the number of
-    keys; SQLite (the small embedded store) numbers each key's rows instead."""
+#: The candidates of a record, in one statement on PostgreSQL: the first BLOCK_LIMIT + 1 records under each blocking
+#: key (a LATERAL join reads at most that many index entries per key, whatever the key's size), a key holding more
+#: left out, and every record of the masters of those left: a master is only joined when all of it may be. Each row
+#: names the keys it was found under (none: another record of a candidate's master). "pk IN … OR master_id IN …"
+#: had PostgreSQL scan the whole index table. A constant text, prepared once per connection: built in SQLAlchemy per
+#: call, the statements of a $match cost more Python than PostgreSQL time at 1M records.
+_CANDIDATES = text("""
+    WITH under AS MATERIALIZED (
+        SELECT wanted.key, found.record_pk FROM unnest(CAST(:keys AS text[])) AS wanted(key)
+        CROSS JOIN LATERAL (SELECT record_pk FROM mpi_block WHERE mpi_block.key = wanted.key LIMIT :over) AS found
+    ), kept AS (
+        SELECT record_pk, array_agg(key) AS keys FROM under
+        WHERE key IN (SELECT key FROM under GROUP BY key HAVING count(*) < :over)
+        GROUP BY record_pk
+    )
+    SELECT record.pk, record.patient_id, record.master_id, record.features, kept.keys
+    FROM mpi_record AS record LEFT JOIN kept ON kept.record_pk = record.pk
+    WHERE record.master_id IN (SELECT candidate.master_id FROM mpi_record AS candidate JOIN kept ON kept.record_pk = candidate.pk)
+""")
+
+
+def _candidate_rows(connection: Connection, keys: list[str]) -> list[tuple[int, str, str, str, list[str] | None]]:
+    """(pk, patient id, master id, features, the blocking keys it was found under) of every candidate record and of
+    every other record of their masters."""
     if connection.dialect.name == "postgresql":
-        wanted = func.unnest(bindparam("keys", keys, type_=postgresql.ARRAY(String))).table_valued("key").render_derived()
-        first = select(mpi_block.c.record_pk).where(mpi_block.c.key == wanted.c.key).limit(limit).lateral()
-        return select(wanted.c.key, first.c.record_pk).select_from(wanted).join(first, true()).subquery()
+        return [(pk, patient_id, master_id, features, found_under) for pk, patient_id, master_id, features, found_under
+                in connection.execute(_CANDIDATES, {"keys": keys, "over": BLOCK_LIMIT + 1})]
+    # SQLite (the small embedded store): each key's rows numbered, then the masters' records
     numbered = (select(mpi_block.c.key, mpi_block.c.record_pk, func.row_number().over(partition_by=mpi_block.c.key).label("n"))
                 .where(mpi_block.c.key.in_(keys)).subquery())
-    return select(numbered.c.key, numbered.c.record_pk).where(numbered.c.n <= limit).subquery()
+    under: dict[str, list[int]] = {}
+    for key, record_pk in connection.execute(select(numbered.c.key, numbered.c.record_pk).where(numbered.c.n <= BLOCK_LIMIT + 1)):
+        under.setdefault(key, []).append(record_pk)
+    found_under: dict[int, list[str]] = {}
+    for key, pks in under.items():
+        if len(pks) <= BLOCK_LIMIT:
+            for pk in pks:
+                found_under.setdefault(pk, []).append(key)
+    if not found_under:
+        return []
+    their_masters = select(mpi_record.c.master_id).where(mpi_record.c.pk.in_(found_under)).scalar_subquery()
+    rows = connection.execute(select(mpi_record.c.pk, mpi_record.c.patient_id, mpi_record.c.master_id, mpi_record.c.features)
+                              .where(mpi_record.c.master_id.in_(their_masters)))
+    return [(pk, patient_id, master_id, features, found_under.get(pk)) for pk, patient_id, master_id, features in rows]
 
 
 def _pair(a: str, b: str) -> tuple[str, str]:
@@ -245,21 +267,43 @@ def _shares(connection: Connection, batch: Sequence[Features], population: int) 
                       if key not in residents and key in census.common})
     missing = [key for key in keys if key not in residents]
     if missing:
-        sample = _first(connection, missing, SHARE_SAMPLE)
-        records = dict(connection.execute(select(sample.c.key, func.count()).group_by(sample.c.key)).tuples().all())
-        rare = [key for key, count in records.items() if count < COMMON]
-        if rare:
-            sample = _first(connection, rare, COMMON)
-            residents.update(connection.execute(
-                select(sample.c.key, func.count(func.distinct(mpi_record.c.master_id)))
-                .join(mpi_record, mpi_record.c.pk == sample.c.record_pk).group_by(sample.c.key)).tuples().all())
         if len(_common) > 100_000:
             _common.clear()
-        per_resident = census.records_per_resident
-        for key in set(records) - set(rare):
-            residents[key] = records[key] / per_resident
-            _common[(url, key)] = (now, residents[key])
+        for key, (records, distinct_masters) in _value_counts(connection, missing).items():
+            if distinct_masters is not None:
+                residents[key] = distinct_masters
+            else:
+                residents[key] = records / census.records_per_resident
+                _common[(url, key)] = (now, residents[key])
     return {key: max(count, 1) / population for key, count in residents.items()}
+
+
+#: Per value: its records (up to SHARE_SAMPLE) and, for a value under fewer than COMMON records, its residents
+#: (distinct masters); one statement on PostgreSQL (the residents are only counted where CASE needs them).
+_VALUE_COUNTS = text("""
+    SELECT wanted.key, counted.records,
+           CASE WHEN counted.records < :common THEN (
+               SELECT count(DISTINCT record.master_id) FROM mpi_block JOIN mpi_record AS record ON record.pk = mpi_block.record_pk
+               WHERE mpi_block.key = wanted.key) END
+    FROM unnest(CAST(:keys AS text[])) AS wanted(key)
+    CROSS JOIN LATERAL (SELECT count(*) AS records FROM (SELECT 1 FROM mpi_block WHERE mpi_block.key = wanted.key LIMIT :sample) AS sample) AS counted
+    WHERE counted.records > 0
+""")
+
+
+def _value_counts(connection: Connection, keys: list[str]) -> dict[str, tuple[int, int | None]]:
+    """key → (records, residents or None when the value is common) for every key with a record."""
+    if connection.dialect.name == "postgresql":
+        return {key: (records, residents) for key, records, residents
+                in connection.execute(_VALUE_COUNTS, {"keys": keys, "common": COMMON, "sample": SHARE_SAMPLE})}
+    records = dict(connection.execute(select(mpi_block.c.key, func.count()).where(mpi_block.c.key.in_(keys))
+                                      .group_by(mpi_block.c.key)).tuples().all())
+    rare = [key for key, count in records.items() if count < COMMON]
+    residents = dict(connection.execute(
+        select(mpi_block.c.key, func.count(func.distinct(mpi_record.c.master_id)))
+        .join(mpi_record, mpi_record.c.pk == mpi_block.c.record_pk).where(mpi_block.c.key.in_(rare))
+        .group_by(mpi_block.c.key)).tuples().all()) if rare else {}
+    return {key: (min(count, SHARE_SAMPLE), residents.get(key)) for key, count in records.items()}
 
 
 def _share(shares: dict[str, float], f: Features, comparison: str, level: int) -> float | None:

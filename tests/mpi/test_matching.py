@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.mpi import linker
 from app.mpi.id_number import check_character
 from tests.builders import FHIR_JSON, ID_CARD, patient
 
@@ -112,6 +113,21 @@ def test_match_scores_and_grades_candidates(client: TestClient) -> None:
     assert entry["search"]["extension"][0]["valueCode"] == "probable"  # a transposed ID number: no "certain"
     bad = client.post("/fhir/Patient/$match", json={"resourceType": "Parameters"}, headers=FHIR_JSON)
     assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("block_limit", [3, 2])
+def test_a_phone_shared_by_more_residents_than_the_block_limit_finds_no_candidates(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch, block_limit: int) -> None:
+    monkeypatch.setattr(linker, "BLOCK_LIMIT", block_limit)
+    for i, (family, given) in enumerate([("王", "芳"), ("李", "强"), ("赵", "丽")]):  # three residents giving a clinic's number
+        born = f"196{i}-05-0{i + 1}"
+        post(client, resident(family, given, born, number=id_number(born, 11 + 2 * i), mrn=(HOSPITAL_MRN, f"P{i}"), phone="01065550000"))
+    # found only under the phone (no birth date, ID number or address to block on)
+    query = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {
+        "resourceType": "Patient", "name": [{"family": "王", "given": ["芳"], "text": "王芳"}],
+        "telecom": [{"system": "phone", "value": "010-6555-0000"}]}}]}
+    bundle = client.post("/fhir/Patient/$match", json=query, headers=FHIR_JSON).json()
+    assert bundle["total"] == (3 if block_limit == 3 else 0), bundle
 
 
 def test_masters_are_the_index_own(client: TestClient) -> None:

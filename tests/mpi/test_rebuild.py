@@ -132,13 +132,13 @@ def test_online_matching_starts_from_the_rebuild_s_count_of_common_names(client:
     monkeypatch.setattr(linker, "_censuses", {})
     monkeypatch.setattr(linker, "_common", {})
     counted: list[str] = []
-    first = linker._first
+    value_counts = linker._value_counts
 
-    def counting(connection: Any, keys: list[str], limit: int) -> Any:
+    def counting(connection: Any, keys: list[str]) -> Any:
         counted.extend(keys)
-        return first(connection, keys, limit)
+        return value_counts(connection, keys)
 
-    monkeypatch.setattr(linker, "_first", counting)
+    monkeypatch.setattr(linker, "_value_counts", counting)
     query = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": resident(
         "李", "秀英", "1948-11-20", number=None, mrn=(CHC_MRN, "L3"), gender="female")}]}
     with app_engine.connect() as connection:
