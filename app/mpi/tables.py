@@ -17,13 +17,16 @@ mpi_record = Table(
     Column("basis", String(16), nullable=False),  # match, new, steward, merge-message
     Column("probability", Float, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # a candidate's master read from the index alone (PostgreSQL; migration 0017)
+    Index("ix_mpi_record_pk_master", "pk", unique=True, postgresql_include=["master_id"]),
 )
 
 mpi_block = Table(
     "mpi_block",
     metadata,
-    Column("key", String(160), nullable=False, index=True),
+    Column("key", String(160), nullable=False),
     Column("record_pk", PrimaryKey, nullable=False, index=True),  # derived from mpi_record: no foreign key (migration 0015)
+    Index("ix_mpi_block_key_record", "key", "record_pk"),  # a key's records read from the index alone
 )
 
 mpi_review = Table(
