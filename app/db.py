@@ -6,12 +6,27 @@ any exception. Services flush when they need database-generated values; they nev
 
 import hashlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, MetaData, Table, any_, bindparam, create_engine, event, insert, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    TextClause,
+    any_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    insert,
+    literal_column,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -241,3 +256,53 @@ def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
         with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row([row[c] for c in columns])
+
+
+#: Up to this many rows in all, `write_rows` sends them to PostgreSQL in one statement; more go by COPY, table by
+#: table, whose rate is higher once the two round trips each COPY costs are spread over enough rows.
+ONE_STATEMENT_ROWS = 500
+_one_statements: dict[tuple[Any, ...], TextClause] = {}
+
+
+def write_rows(session: Session, rows: dict[Table, list[dict[str, Any]]], *, replacing: Sequence[Table] = (),
+               of: Sequence[int] = ()) -> None:
+    """Insert rows into several tables, after deleting the rows of `replacing` whose resource_pk is among `of` (the
+    derived rows of resources being rewritten). A single write (one Patient and its master, say) has rows for half a
+    dozen tables: on PostgreSQL they go as one statement of data-modifying WITH clauses, one array per column, instead
+    of a DELETE and a COPY per table (at 1M residents, COPY's round trips were a quarter of a matched Patient write).
+    All clauses see the same snapshot, so a delete never removes a row inserted beside it; the tables it is used for
+    have no unique key for a deleted row and its new copy to collide on."""
+    rows = {table: table_rows for table, table_rows in rows.items() if table_rows}
+    replacing = replacing if of else ()
+    if not rows and not replacing:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "postgresql" or sum(map(len, rows.values())) > ONE_STATEMENT_ROWS:
+        for table in replacing:
+            connection.execute(delete(table).where(among(connection, table.c.resource_pk, of)))
+        for table, table_rows in rows.items():
+            bulk_insert(session, table, table_rows)
+        return
+    shape = (tuple(table.name for table in replacing), tuple((table.name, tuple(table_rows[0])) for table, table_rows in rows.items()))
+    statement = _one_statements.get(shape)
+    if statement is None:
+        statement = _one_statements[shape] = _one_statement(connection, replacing, {table: list(r[0]) for table, r in rows.items()})
+    params: dict[str, Any] = {"of": list(of)} if replacing else {}
+    for i, table_rows in enumerate(rows.values()):
+        params.update({f"t{i}_{name}": [row[name] for row in table_rows] for name in table_rows[0]})
+    connection.execute(statement, params)
+
+
+def _one_statement(connection: Connection, replacing: Sequence[Table], columns: dict[Table, list[str]]) -> TextClause:
+    clauses = [f"d{i} AS (DELETE FROM {table.name} WHERE resource_pk = ANY(CAST(:of AS BIGINT[])))" for i, table in enumerate(replacing)]
+    for i, (table, names) in enumerate(columns.items()):
+        arrays = ", ".join(f"CAST(:t{i}_{name} AS {table.c[name].type.compile(dialect=connection.dialect)}[])" for name in names)
+        values = ", ".join(_bound(connection, table.c[name].type, name) for name in names)
+        clauses.append(f"i{i} AS (INSERT INTO {table.name} ({', '.join(names)}) SELECT {values} FROM unnest({arrays}) AS given({', '.join(names)}))")
+    return text(f"WITH {', '.join(clauses)} SELECT 1")
+
+
+def _bound(connection: Connection, column_type: Any, name: str) -> str:
+    """A column's value as its type binds it (JsonText: text cast to JSONB), or as given."""
+    expression = column_type.bind_expression(literal_column(name))
+    return name if expression is None else str(expression.compile(dialect=connection.dialect))

@@ -18,7 +18,6 @@ from urllib.parse import parse_qsl, urlencode
 import jsonpatch
 import orjson
 from sqlalchemy import Row, Select, and_, bindparam, false, select
-from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
@@ -26,7 +25,7 @@ from app.auth import audit_trail, membership, policy, relations
 from app.auth.principal import SYSTEM, Principal
 from app.auth.tables import audit_pending, care_relation, consent_denial
 from app.config import get_settings
-from app.db import among, bulk_insert, insert_returning_keys, lock_key
+from app.db import among, bulk_insert, insert_returning_keys, lock_key, write_rows
 from app.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PreconditionFailed
 from app.fhir import resources
 from app.fhir import search as fhir_search
@@ -398,6 +397,7 @@ def write_versions(session: Session, writes: Sequence[Write]) -> list[Stored]:
         ])
         pks.update(zip(new, keys, strict=True))
     existing = [i for i, w in enumerate(writes) if w.current is not None]
+    stale: list[int] = []  # resources rewritten: their derived rows are replaced
     if existing:
         session.connection().execute(
             sql_update(resource)
@@ -413,8 +413,6 @@ def write_versions(session: Session, writes: Sequence[Write]) -> list[Stored]:
         for i in existing:
             pks[i] = writes[i].current.pk  # type: ignore[union-attr]
         stale = [pks[i] for i in existing]
-        for table in DERIVED_TABLES:
-            session.connection().execute(sql_delete(table).where(among(session, table.c.resource_pk, stale)))
 
     stored: list[Stored] = []
     version_rows: list[dict[str, Any]] = []
@@ -443,11 +441,9 @@ def write_versions(session: Session, writes: Sequence[Write]) -> list[Stored]:
             Stored(write.resource_type, write.resource_id, version_id, moment, write.content is None, text, pks[i],
                    write.method, created=created and write.content is not None, org=org, patient=patients[i])
         )
-    bulk_insert(session, resource_version, version_rows)
-    for kind, rows in index.items():
-        bulk_insert(session, INDEX_TABLES[kind], rows)
-    bulk_insert(session, care_relation, cares)
-    bulk_insert(session, consent_denial, denials)
+    derived = {INDEX_TABLES[kind]: rows for kind, rows in index.items()}
+    write_rows(session, {resource_version: version_rows, **derived, care_relation: cares, consent_denial: denials},
+               replacing=DERIVED_TABLES, of=stale)
     return stored
 
 
