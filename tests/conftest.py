@@ -38,7 +38,7 @@ POSTGRES_URL = os.environ.get("QIAO_TEST_POSTGRES_URL", "postgresql+psycopg://po
 REQUIRE_POSTGRES = os.environ.get("QIAO_TEST_REQUIRE_POSTGRES") == "1"
 TABLES = (
     "referral_deadline", "clock_pass", "registry_span", "indicator_followup", "bulk_patient", "bulk_file", "bulk_job", "subscription_event", "subscription_resend", "subscription_state", "referral_transition",
-    "mpi_block", "mpi_record", "mpi_review", "mpi_distinct", "mpi_link_event", "inbound_message", "audit_chain", "audit_pending", "care_relation", "consent_denial", "auth_jti", "auth_client",
+    "mpi_block", "mpi_census", "mpi_record", "mpi_review", "mpi_distinct", "mpi_link_event", "inbound_message", "audit_chain", "audit_pending", "care_relation", "consent_denial", "auth_jti", "auth_client",
     "search_reference", "search_date", "search_string", "search_token", "resource_version", "resource",
 )
 

@@ -83,3 +83,12 @@ mpi_common = Table(
     Column("records", Integer, nullable=False),
     Column("counted_at", DateTime(timezone=True), nullable=False),
 )
+
+mpi_census = Table(
+    "mpi_census",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # one row: 1
+    Column("residents", Integer, nullable=False),  # masters
+    Column("records", Integer, nullable=False),
+    Column("counted_at", DateTime(timezone=True), nullable=False),
+)

@@ -146,3 +146,32 @@ def test_online_matching_starts_from_the_rebuild_s_count_of_common_names(client:
     assert kept["tc:李秀英"] == 2 and all(count >= 2 for count in kept.values())
     assert client.post("/fhir/Patient/$match", json=query).status_code == 200
     assert "tc:李秀英" not in counted, counted  # the rebuild's count, not a new one
+
+
+def test_a_fresh_process_starts_from_the_census_another_process_kept(client: TestClient, app_engine: Engine,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    if app_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's small index is counted at once; the kept census is PostgreSQL's")
+    district(client)
+    url = str(app_engine.url)
+    linker._recount(app_engine, url)  # a process's count beside its writes, kept
+    kept = linker._censuses[url][1]
+    assert kept.residents >= 4 and kept.records == 6
+    monkeypatch.setattr(linker, "_censuses", {})  # a fresh process
+    counted_in_request: list[str] = []
+    count = linker._count
+
+    def counting(connection: Any) -> linker.Census:
+        counted_in_request.append(threading.current_thread().name)
+        return count(connection)
+
+    monkeypatch.setattr(linker, "_count", counting)
+    with app_engine.connect() as connection:
+        census = linker._census(connection)
+    assert (census.residents, census.records) == (kept.residents, kept.records)
+    assert threading.current_thread().name not in counted_in_request  # counted beside it, not in the request
+    monkeypatch.setattr(linker, "CENSUS_KEPT", 0.0)  # too old a census: counted in the request
+    monkeypatch.setattr(linker, "_censuses", {})
+    with app_engine.connect() as connection:
+        linker._census(connection)
+    assert threading.current_thread().name in counted_in_request
