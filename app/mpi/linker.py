@@ -75,13 +75,14 @@ def blocking_keys(f: Features) -> list[str]:
 
 
 def frequency_keys(f: Features) -> list[str]:
-    """Keys counted for term frequencies only (never searched as blocks)."""
+    """Keys whose records are counted for term frequencies: the name's sound and characters (never searched as
+    blocks) and each phone (a blocking key too)."""
     keys = []
     if f.name:
         keys.append(f"tp:{f.name.sound}")
         if f.name.chars:
             keys.append(f"tc:{f.name.chars}")
-    return keys
+    return keys + [f"ph:{p}" for p in f.phones]
 
 
 @dataclass
@@ -258,7 +259,7 @@ _common: dict[tuple[str, str], tuple[float, float]] = {}  # (database, key) → 
 
 def _shares(connection: Connection, batch: Sequence[Features], population: int) -> dict[str, float]:
     """Each value's share of the residents (distinct masters), for term-frequency adjustment."""
-    keys = sorted({key for f in batch for key in frequency_keys(f) + [f"ph:{p}" for p in f.phones]})
+    keys = sorted({key for f in batch for key in frequency_keys(f)})
     if not keys:
         return {}
     url, now = str(connection.engine.url), time.monotonic()

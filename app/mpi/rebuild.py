@@ -83,7 +83,7 @@ def _rebuild(actor: str) -> Summary:
     summary.records = len(records)
     summary.seconds["read"] = time.monotonic() - started
     clock = time.monotonic()
-    shares = Counter(key for r in records for key in set(linker.frequency_keys(r.features) + [f"ph:{p}" for p in r.features.phones]))
+    shares = Counter(key for r in records for key in set(linker.frequency_keys(r.features)))
     placement, probability, reviews = _replay(records, distinct, masters_before or _residents(records), shares)
     summary.seconds["match"] = time.monotonic() - clock
     clock = time.monotonic()
@@ -91,7 +91,7 @@ def _rebuild(actor: str) -> Summary:
     retired = _retired(records, placement, final)
     touched = _write(records, placement, probability, reviews, final, actor, summary)
     _keep_common(shares)
-    _analyze()
+    _vacuum()
     summary.seconds["write"] = time.monotonic() - clock
     clock = time.monotonic()
     _refresh_masters(sorted(touched | set(retired)), retired)
@@ -303,7 +303,7 @@ def _refresh_masters(masters: list[str], retired: dict[str, str]) -> None:
         list(pool.map(refresh, _chunks(masters, BATCH // 4)))  # list(): a chunk that failed raises here
 
 
-def _analyze() -> None:
+def _vacuum() -> None:
     """Fresh planner statistics and visibility map for the index's tables, which a rebuild may have filled from empty:
     PostgreSQL's own vacuum comes later, and until then its plans for the masters' writes (and online matching)
     assume empty tables, and online matching's index-only reads (migration 0017) visit the table for every row
