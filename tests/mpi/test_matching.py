@@ -130,6 +130,22 @@ def test_a_phone_shared_by_more_residents_than_the_block_limit_finds_no_candidat
     assert bundle["total"] == (3 if block_limit == 3 else 0), bundle
 
 
+def test_an_id_number_mistyped_in_its_second_half_is_found_by_its_first_half_and_the_name(client: TestClient) -> None:
+    born = "1981-06-23"
+    number = id_number(born, 64)
+    post(client, resident("上官", "婉儿", born, number=number, mrn=(HOSPITAL_MRN, "H1"), gender="female"))
+    # the same region and birth decade, the same surname, another given name: not under the first half's key
+    post(client, resident("上官", "明", "1983-02-02", number=id_number("1983-02-02", 11), mrn=(HOSPITAL_MRN, "H2"),
+                          phone="13700001111", address="北京市朝阳区学院路1号楼1单元101室"))
+    # a sequence digit mistyped (so no birth date from the number either), no birth date, phone or address
+    typo = number[:15] + str((int(number[15]) + 1) % 10) + number[16:]
+    body = {k: v for k, v in resident("上官", "婉儿", born, number=typo, mrn=(CHC_MRN, "x"), gender="female").items()
+            if k not in ("birthDate", "telecom", "address")}
+    bundle = client.post("/fhir/Patient/$match", json={"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": body}]},
+                         headers=FHIR_JSON).json()
+    assert [entry["resource"]["id"] for entry in bundle["entry"]] == [master_of(client, f"{HOSPITAL_MRN}|H1")], bundle
+
+
 def test_masters_are_the_index_own(client: TestClient) -> None:
     post(client, resident("赵", "敏", "1985-01-01", number=id_number("1985-01-01", 42), mrn=(HOSPITAL_MRN, "Z1"), gender="female"))
     master = master_of(client, f"{HOSPITAL_MRN}|Z1")
