@@ -185,7 +185,7 @@ def splink_batch(records: Records, thresholds: Iterable[float]) -> None:
             address,
         ],
         blocking_rules_to_generate_predictions=[
-            block_on("id_number"), block_on("id_head", "surname"), block_on("id_tail", "surname"),
+            block_on("id_number"), block_on("id_head", "name_pinyin"), block_on("id_tail", "surname"),
             block_on("name_pinyin", "birth_year"), block_on("surname", "birth_date"), block_on("phone"), block_on("insurance"),
         ],
         retain_intermediate_calculation_columns=False,
