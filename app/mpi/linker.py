@@ -38,7 +38,7 @@ MAX_CANDIDATES = 1000
 MAX_REVIEWS_PER_RECORD = 5
 #: a phone or a name shared by more records than this is no blocking key (a clinic's number, 张伟). At 1M generated
 #: residents 50 in place of 200 took the candidate pools' p99 from 130 to 82 records, and the pairs of one person's
-#: records with no key in common from 520 to 531 of 810,250 (such a pair still meets through a third record)
+#: records with no key in common from 520 to 531 of 810,250 (such a pair can still meet through a third record)
 BLOCK_LIMIT = 50
 #: term frequencies are counted over at most this many records per value: the cost of a write stays bounded, and a
 #: value this common is weak evidence whatever its exact count
