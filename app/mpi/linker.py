@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.auth.principal import Principal
@@ -347,7 +347,7 @@ def _census(connection: Connection) -> Census:
     url, postgres = str(connection.engine.url), connection.dialect.name == "postgresql"
     if url not in _censuses:
         kept = _kept_census(connection) if postgres else None
-        _censuses[url] = (float("-inf"), kept) if kept else (time.monotonic(), _count(connection))
+        _censuses[url] = (time.monotonic() - kept[0], kept[1]) if kept else (time.monotonic(), _count(connection))
     counted_at, census = _censuses[url]
     if time.monotonic() - counted_at > 60:
         if not postgres:
@@ -364,9 +364,7 @@ def _recount(engine: Engine, url: str) -> None:
     try:
         with engine.begin() as connection:
             census = _count(connection)
-            kept = {"residents": census.residents, "records": census.records, "counted_at": dates.now()}
-            connection.execute(postgresql.insert(mpi_census).values(id=1, **kept)
-                               .on_conflict_do_update(index_elements=[mpi_census.c.id], set_=kept))
+            keep_census(connection, census)
         _censuses[url] = (time.monotonic(), census)
     except Exception as error:  # noqa: BLE001 - the last count stands; the next write tries again
         log.warning("mpi.census_failed", extra=fields(error=type(error).__name__))
@@ -374,9 +372,21 @@ def _recount(engine: Engine, url: str) -> None:
         _recounting.discard(url)
 
 
-def _kept_census(connection: Connection) -> Census | None:
-    kept = connection.execute(select(mpi_census).where(mpi_census.c.counted_at >= dates.now() - timedelta(seconds=CENSUS_KEPT))).first()
-    return Census(kept.residents, kept.records, _common_counts(connection)) if kept else None
+def keep_census(connection: Connection, census: Census) -> None:
+    """The count kept for the next fresh process (a recount beside the writes, or a rebuild, which knows it)."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    kept = {"residents": census.residents, "records": census.records, "counted_at": dates.now()}
+    connection.execute(dialect.insert(mpi_census).values(id=1, **kept).on_conflict_do_update(index_elements=[mpi_census.c.id], set_=kept))
+
+
+def _kept_census(connection: Connection) -> tuple[float, Census] | None:
+    """The kept census and its age in seconds, when it is recent: a process recounts once it is a minute old, so
+    a server started just after a rebuild does not read the whole index beside its first requests."""
+    now = dates.now()
+    kept = connection.execute(select(mpi_census).where(mpi_census.c.counted_at >= now - timedelta(seconds=CENSUS_KEPT))).first()
+    if kept is None:
+        return None
+    return (now - dates.aware(kept.counted_at)).total_seconds(), Census(kept.residents, kept.records, _common_counts(connection))
 
 
 def _count(connection: Connection) -> Census:

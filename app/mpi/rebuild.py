@@ -96,6 +96,8 @@ def _rebuild(actor: str) -> Summary:
     clock = time.monotonic()
     _refresh_masters(sorted(touched | set(retired)), retired)
     summary.masters = len(set(final.values()))
+    with db.transaction() as session:  # the next fresh process starts from this count instead of reading the index
+        linker.keep_census(session.connection(), linker.Census(summary.masters, summary.records))
     summary.seconds["masters"] = time.monotonic() - clock
     log.info("mpi.rebuilt", extra=fields(records=summary.records, moved=summary.moved, masters=summary.masters))
     return summary
