@@ -121,7 +121,9 @@ def online(database_url: str, held_out: list[tuple[str, str, dict[str, Any]]], i
     base, matched = latencies["write without matching"], latencies["write with matching"]
     print(f"online: {len(bodies)} Patients POSTed one at a time against an index of {indexed} records")
     for mode, taken in latencies.items():
-        print(f"  {mode:24} p50 {statistics.median(taken) * 1000:6.1f} ms  p99 {_p99(taken) * 1000:6.1f} ms")
+        slowest = sorted(range(len(taken)), key=taken.__getitem__)[-10:]
+        print(f"  {mode:24} p50 {statistics.median(taken) * 1000:6.1f} ms  p99 {_p99(taken) * 1000:6.1f} ms"
+              f"  (the 10 slowest were requests {sorted(slowest)})")
     print(f"  matching adds p50 {(statistics.median(matched) - statistics.median(base)) * 1000:.1f} ms,"
           f" p99 {(_p99(matched) - _p99(base)) * 1000:.1f} ms ({_p99(matched) / _p99(base):.2f}× the write's p99)")
 
