@@ -154,7 +154,7 @@ def after(session: Session, written: Sequence[store.Stored], _principal: Princip
         if stored.resource_type != "Observation":
             continue
         if stored.content is not None:
-            encounters |= _reading_of(orjson.loads(stored.content))
+            encounters |= _reading_of(stored.parsed() or {})
         if not stored.created:
             changed.append(stored)
     if changed:

@@ -415,7 +415,7 @@ def after(session: Session, written: Sequence[Any], _principal: Principal) -> No
         if stored.resource_type == "Organization":
             organizations.add(stored.resource_id)
         elif stored.resource_type == "Patient":
-            content = orjson.loads(stored.content) if stored.content else None
+            content = stored.parsed()
             if content is None or golden.is_master(content):
                 masters.add(stored.resource_id)
         elif stored.patient and not (stored.resource_type == "EpisodeOfCare" and _entry_name(stored.resource_id)):

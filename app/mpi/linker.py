@@ -453,7 +453,7 @@ def is_master(connection: Connection, patient_id: str) -> bool:
 def place_written(session: Session, written: Sequence[Any], principal: Principal) -> None:
     """Place every source Patient among `written` (repository.Stored), and refresh the masters that changed; while
     a rebuild runs, note them for it instead (app/mpi/rebuild_lock.py)."""
-    contents = [(stored, orjson.loads(stored.content) if stored.content else None) for stored in written]
+    contents = [(stored, stored.parsed()) for stored in written]
     sources = [(stored.resource_id, stored.org, content) for stored, content in contents if content is None or not golden.is_master(content)]
     if not sources:
         return

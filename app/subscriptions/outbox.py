@@ -36,7 +36,7 @@ def forget(wake: Any) -> None:
 
 
 def after(session: Session, written: Sequence[Any], _principal: Principal) -> None:
-    changed = [(s, orjson.loads(s.content)) for s in written if s.content is not None]
+    changed = [(s, s.parsed()) for s in written if s.content is not None]
     raised = {url: [(s, c) for s, c in changed if s.resource_type in t.types and t.triggers(c)] for url, t in topics.TOPICS.items()}
     raised = {url: items for url, items in raised.items() if items}
     if not raised:
