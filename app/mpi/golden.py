@@ -66,7 +66,7 @@ def refresh(session: Session, master_ids: Iterable[str], *, replaced_by: dict[st
     rules.after(session, written, SYSTEM)  # what follows the master (its registry entries) follows it now
 
 
-Source = tuple[str, datetime, dict[str, Any], features.Features]  # id, last updated, content, the index's features
+Source = tuple[str, datetime, dict[str, Any], dict[str, Any]]  # id, last updated, content, the index's features (JSON)
 
 
 def _sources(session: Session, master_ids: list[str]) -> dict[str, list[Source]]:
@@ -88,7 +88,7 @@ def _sources(session: Session, master_ids: list[str]) -> dict[str, list[Source]]
     for row in rows:
         record = records[row.res_id]
         found.setdefault(record.master_id, []).append(
-            (row.res_id, row.last_updated, orjson.loads(row.content), features.Features.from_json(orjson.loads(record.features))))
+            (row.res_id, row.last_updated, orjson.loads(row.content), orjson.loads(record.features)))
     return found
 
 
@@ -138,22 +138,22 @@ def retired(master_id: str, survivor: str) -> dict[str, Any]:
 
 
 def _name(newest_first: list[dict[str, Any]]) -> dict[str, Any] | None:
-    stated = [n for c in newest_first for n in (c.get("name") or [])[:1]]
+    stated = [(n, orjson.dumps(n)) for c in newest_first for n in (c.get("name") or [])[:1]]
     if not stated:
         return None
-    in_characters = [n for n in stated if names.HAN.search(orjson.dumps(n).decode())]
-    pool = in_characters or stated
-    counts = Counter(orjson.dumps(n) for n in pool)
-    chosen: dict[str, Any] = max(pool, key=lambda n: counts[orjson.dumps(n)])  # max keeps the first (newest) among equals
+    pool = [(n, text) for n, text in stated if names.HAN.search(text.decode())] or stated
+    counts = Counter(text for _, text in pool)
+    chosen: dict[str, Any] = max(pool, key=lambda n: counts[n[1]])[0]  # max keeps the first (newest) among equals
     return chosen
 
 
-def _embedded(newest_first: list[features.Features]) -> dict[str, str]:
-    """Sex and birth date from the newest valid ID number."""
+def _embedded(newest_first: list[dict[str, Any]]) -> dict[str, str]:
+    """Sex and birth date from the newest valid ID number (the index's features, as JSON: only these two are read)."""
     for parsed in newest_first:
-        if parsed.id_valid and parsed.id_number:
-            born = id_number.birth_date(parsed.id_number)
-            return {"gender": id_number.sex(parsed.id_number), "birthDate": born.isoformat() if born else ""}
+        number = parsed.get("id_number")
+        if parsed.get("id_valid") and number:
+            born = id_number.birth_date(number)
+            return {"gender": id_number.sex(number), "birthDate": born.isoformat() if born else ""}
     return {}
 
 
