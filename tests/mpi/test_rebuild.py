@@ -191,3 +191,27 @@ def test_a_server_started_after_a_rebuild_starts_from_its_count(client: TestClie
         census = linker._census(connection)
     assert (census.residents, census.records) == (placed["masters"], placed["records"])
     assert counted == []  # neither in the request nor beside it: the rebuild's count is a minute old at the earliest
+
+
+def test_masters_rewritten_by_several_processes_are_those_one_writes(client: TestClient, capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch, app_engine: Engine) -> None:
+    if app_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: its masters are rewritten in the rebuild's own process")
+    monkeypatch.setattr(get_settings(), "mpi_online", False)
+    ids = district(client)
+    monkeypatch.setattr(rebuilding, "BATCH", 4)  # a master a chunk: five chunks for the processes
+    pools: list[int] = []
+
+    class Counted(rebuilding.ProcessPoolExecutor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pools.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(rebuilding, "ProcessPoolExecutor", Counted)
+    assert rebuild(capsys) == {"records": 6, "new": 6, "moved": 0, "masters": 5, "reviews": 1, "deferred": 0}
+    assert pools == [rebuilding.MASTER_PROCESSES]
+    master = master_of(client, f"{HOSPITAL_MRN}|H001")
+    golden = client.get(f"/fhir/Patient/{master}").json()
+    assert golden["birthDate"] == "1956-03-08" and {link["other"]["reference"] for link in golden["link"]} == {
+        f"Patient/{ids['hospital']}", f"Patient/{ids['community']}"}
+    assert master_of(client, f"{HOSPITAL_MRN}|T1") != master_of(client, f"{HOSPITAL_MRN}|T2")
