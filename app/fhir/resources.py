@@ -41,7 +41,8 @@ _ISSUE_TYPES = {
     "enum": "code-invalid",
 }
 
-SHAPES_KEPT = 4096  # shapes remembered; when full they are forgotten and learnt again (a sender's messages make dozens)
+SHAPES_KEPT = 1024  # shapes remembered; when full they are forgotten and learnt again (a sender's messages make dozens)
+SHAPE_TOKENS = 2000  # a larger shape (an ORU's Observation: ~100) is validated in full each time: ~16 MB at most
 
 
 @cache
@@ -132,7 +133,7 @@ def validate(resource: dict[str, Any]) -> None:
     if checks is not None and _passes(checks, values):
         return
     _validate_in_full(cls, resource)
-    if checks is None:
+    if checks is None and len(shape) <= SHAPE_TOKENS:
         _remember(shape, cls, resource)
 
 
@@ -163,7 +164,7 @@ _shapes: dict[tuple[Any, ...], list[Check]] = {}  # plain dict operations: safe 
 
 
 def shape_of(resource: dict[str, Any]) -> tuple[tuple[Any, ...], list[Any]]:
-    """The resource's shape (hashable) and its primitive values, depth first: the order `_checks` follows."""
+    """The resource's shape (hashable) and its primitive values, depth first: the order `_model_checks` follows."""
     tokens: list[Any] = []
     values: list[Any] = []
     _walk(resource, tokens, values)
