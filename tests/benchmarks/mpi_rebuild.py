@@ -34,7 +34,7 @@ import psycopg
 
 from tests.benchmarks import residents
 from tests.benchmarks.common import ADMIN_URL, drop_database, migrated_database, operator_token, qiao_server, url_of
-from tests.benchmarks.mpi_quality import post_records, quality
+from tests.benchmarks.mpi_quality import post_records, quality, review_queue
 from tests.benchmarks.residents import generate
 
 DATABASE = "qiao_bench_mpi_rebuild"
@@ -91,10 +91,10 @@ def main() -> None:
 
     with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as connection:
         master_of = dict(connection.execute("SELECT patient_id, master_id FROM mpi_record").fetchall())
-        in_review = {row[0] for row in connection.execute("SELECT patient_id FROM mpi_review WHERE status = 'open'")}
+        reviews = connection.execute("SELECT patient_id, master_id, probability FROM mpi_review WHERE status = 'open'").fetchall()
     person_of = {record_id: person for record_id, person, _ in records if record_id in placed}
     print(quality(person_of, {r: master_of[placed[r]] for r in person_of}).line("masters"))
-    print(f"  review queue: {len(in_review)} records ({len(in_review) / len(placed):.2%})")
+    review_queue(reviews, master_of, {placed[r]: p for r, p in person_of.items()}, len(placed))
     if held_out:
         online(database_url, held_out, len(master_of))
 
