@@ -136,6 +136,12 @@ def _same_street(a: str | None, b: str | None) -> bool:
     return not a or not b or a in b or b in a
 
 
+#: From this match probability a pair not linked goes to review. Below it a steward would nearly always say
+#: "different": at 1,000,000 records the pairs between 0.5 and 0.95 were 11,949 reviews, 10 of them one person (namesakes
+#: born near the same day); at 50,000 none of them was (tests/benchmarks/README.md, stop 33).
+REVIEW = 0.95
+
+
 @dataclass
 class Model:
     """m and u per comparison level, the prior probability that a blocked pair is one person, and the thresholds."""
@@ -144,7 +150,7 @@ class Model:
     u: dict[str, list[float]]
     prior: float
     link: float = 0.999
-    review: float = 0.5
+    review: float = REVIEW
     trained_on: dict[str, Any] = field(default_factory=dict)
 
     def weight(self, levels: Levels, frequency: Callable[[str, int], float | None] = lambda c, lv: None) -> float:
@@ -183,7 +189,7 @@ class Model:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
         comparisons = document["comparisons"]
         return cls(m={c: comparisons[c]["m"] for c in COMPARISONS}, u={c: comparisons[c]["u"] for c in COMPARISONS},
-                   prior=document["prior"], link=document.get("link", 0.999), review=document.get("review", 0.5),
+                   prior=document["prior"], link=document.get("link", 0.999), review=document.get("review", REVIEW),
                    trained_on=document.get("trained_on") or {})
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from app.mpi.features import Features
 from app.mpi.linker import BLOCK_LIMIT, blocking_keys, model
-from app.mpi.model import COMPARISONS, Levels, Model, compare, estimate_m, estimate_u, match_probability
+from app.mpi.model import COMPARISONS, REVIEW, Levels, Model, compare, estimate_m, estimate_u, match_probability
 from app.mpi.rebuild import source_records
 
 #: EM sessions (as in Splink): pairs blocked on one thing teach what the other comparisons look like among matches.
@@ -48,7 +48,7 @@ def train_on_district(sample: int, seed: int = 1) -> Model:
                  description={"district_records": len(records), "sampled": len(chosen)})
 
 
-def train(records: Sequence[Features], *, random_pairs: int = 300_000, seed: int = 1, link: float = 0.999, review: float = 0.5,
+def train(records: Sequence[Features], *, random_pairs: int = 300_000, seed: int = 1, link: float = 0.999, review: float = REVIEW,
           description: dict[str, Any] | None = None) -> Model:
     rng = random.Random(seed)
     n = len(records)
