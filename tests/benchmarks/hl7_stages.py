@@ -59,7 +59,7 @@ def stages(raws: list[bytes]) -> None:
     mapping, attributes, settings = engine.find("hl7v2", "ORU^R01"), source.mapping_attributes(), get_settings()
     records = per_message("parse (python-hl7, GB18030)", raws, lambda raw: parse.parse(raw, default_charset="gb18030"))
     made = per_message("map (12 resources)", records, lambda record: engine.apply(mapping, record, attributes))
-    per_message("validate (fhir.resources)", made, lambda produced: [resources.validate(p.content) for p in produced])
+    per_message("validate (shapes remembered)", made, lambda produced: [resources.validate(p.content) for p in produced])
     per_message("index rows", made, lambda produced: [index_rows(p.content, zone=settings.zone, base_url=settings.base_url)
                                                       for p in produced])
 
