@@ -7,7 +7,7 @@ Validation remembers shapes. What the models check of a resource beyond its prim
 nested how, nulls and choice elements, which resource type sits where) depends only on its shape: its keys, their
 nesting, each list's length, each value's JSON type and each `resourceType`. A resource whose shape once passed in
 full needs only its primitive values checked, each by its own element's pydantic type: an adapter's ORU^R01 is
-twelve resources of a few shapes, and the full models took a sixth of its processing. Anything the leaf checks
+twelve resources of a few shapes, and the full models took a fifth of its processing. Anything the leaf checks
 refuse is validated in full, so errors read the same either way.
 """
 
