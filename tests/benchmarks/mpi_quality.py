@@ -101,7 +101,7 @@ def qiao_online(records: Records, options: argparse.Namespace) -> None:
     plain = database_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(plain) as connection:
         master_of = dict(connection.execute("SELECT patient_id, master_id FROM mpi_record").fetchall())
-        reviews = connection.execute("SELECT patient_id, master_id, probability FROM mpi_review WHERE status = 'open'").fetchall()
+        reviews = connection.execute(REVIEWS_SQL).fetchall()
     person_of = {record_id: person_id for record_id, person_id, _ in records if record_id in placed}
     cluster_of = {record_id: master_of[placed[record_id]] for record_id in person_of}
     result = quality(person_of, cluster_of)
@@ -119,7 +119,7 @@ def qiao_online(records: Records, options: argparse.Namespace) -> None:
             master_id = merged[master_id]
         return master_id
 
-    for (patient_id, master_id, _), same in zip(reviews, right, strict=True):
+    for (patient_id, master_id, *_), same in zip(reviews, right, strict=True):
         if same and root(master_of[patient_id]) != root(master_id):
             merged[root(master_of[patient_id])] = root(master_id)
     print(quality(person_of, {r: root(m) for r, m in cluster_of.items()}).line("after every review decided"))
@@ -128,15 +128,20 @@ def qiao_online(records: Records, options: argparse.Namespace) -> None:
 REVIEW_BANDS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999)
 
 
+REVIEWS_SQL = "SELECT patient_id, master_id, probability, levels FROM mpi_review WHERE status = 'open'"
+REVIEW_KINDS = 8  # the commonest kinds of review printed
+
+
 def review_queue(reviews: list[Any], master_of: dict[str, str], person_by_patient: dict[str, str], records: int) -> list[bool]:
-    """Print the open reviews (patient, master, probability): how many, of how many records, how many right (the
-    record is the same person as one of the master's), and the same from each probability up (what a higher review
-    threshold, QIAO_MPI_REVIEW_THRESHOLD, would leave). → whether each review is right."""
+    """Print the open reviews (patient, master, probability, levels as JSON; REVIEWS_SQL): how many, of how many
+    records, how many right (the record is the same person as one of the master's), the same from each probability
+    up (what a higher review threshold, QIAO_MPI_REVIEW_THRESHOLD, would leave), and the commonest kinds of review
+    (the comparisons' levels) with how many of each are right. → whether each review is right."""
     members: dict[str, set[str]] = {}
     for patient_id, master_id in master_of.items():
         if patient_id in person_by_patient:
             members.setdefault(master_id, set()).add(person_by_patient[patient_id])
-    right = [person_by_patient.get(patient_id) in members.get(master_id, ()) for patient_id, master_id, _ in reviews]
+    right = [person_by_patient.get(patient_id) in members.get(master_id, ()) for patient_id, master_id, *_ in reviews]
     print(f"  review queue: {len(reviews)} open reviews of {len({r[0] for r in reviews})} records"
           f" ({len({r[0] for r in reviews}) / records:.2%} of records), {sum(right)} of them the same person")
     for floor in REVIEW_BANDS:
@@ -144,6 +149,14 @@ def review_queue(reviews: list[Any], master_of: dict[str, str], person_by_patien
         in_review = {review[0] for review, _ in kept}
         print(f"    from p {floor:<5}: {len(kept):6} reviews of {len(in_review):6} records ({len(in_review) / records:.2%}),"
               f" {sum(same for _, same in kept)} the same person")
+    kinds: Counter[str] = Counter()
+    right_kinds: Counter[str] = Counter()
+    for review, same in zip(reviews, right, strict=True):
+        kind = ", ".join(f"{c} {level}" for c, level in sorted(orjson.loads(review[3]).items()))
+        kinds[kind] += 1
+        right_kinds[kind] += same
+    for kind, count in kinds.most_common(REVIEW_KINDS):
+        print(f"    {count:6} reviews, {right_kinds[kind]:6} right: {kind}")
     return right
 
 

@@ -34,7 +34,7 @@ import psycopg
 
 from tests.benchmarks import residents
 from tests.benchmarks.common import ADMIN_URL, drop_database, migrated_database, operator_token, qiao_server, url_of
-from tests.benchmarks.mpi_quality import post_records, quality, review_queue
+from tests.benchmarks.mpi_quality import REVIEWS_SQL, post_records, quality, review_queue
 from tests.benchmarks.residents import generate
 
 DATABASE = "qiao_bench_mpi_rebuild"
@@ -91,7 +91,7 @@ def main() -> None:
 
     with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as connection:
         master_of = dict(connection.execute("SELECT patient_id, master_id FROM mpi_record").fetchall())
-        reviews = connection.execute("SELECT patient_id, master_id, probability FROM mpi_review WHERE status = 'open'").fetchall()
+        reviews = connection.execute(REVIEWS_SQL).fetchall()
     person_of = {record_id: person for record_id, person, _ in records if record_id in placed}
     print(quality(person_of, {r: master_of[placed[r]] for r in person_of}).line("masters"))
     review_queue(reviews, master_of, {placed[r]: p for r, p in person_of.items()}, len(placed))
