@@ -125,10 +125,8 @@ def qiao_online(records: Records, options: argparse.Namespace) -> None:
     print(quality(person_of, {r: root(m) for r, m in cluster_of.items()}).line("after every review decided"))
 
 
-REVIEW_BANDS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999)
-
-
 REVIEWS_SQL = "SELECT patient_id, master_id, probability, levels FROM mpi_review WHERE status = 'open'"
+REVIEW_BANDS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999)  # the review queue is also counted from each of these up
 REVIEW_KINDS = 8  # the commonest kinds of review printed
 
 
