@@ -22,6 +22,7 @@ from typing import Any
 import fhir.resources.R4B as r4b
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
+from fhir_core.types import FhirElementOrResourceBase
 from pydantic import TypeAdapter, ValidationError
 
 from app.errors import InvalidResource, Issue
@@ -176,7 +177,7 @@ def _walk(value: Any, tokens: list[Any], values: list[Any]) -> None:
         tokens.append(_OPEN)
         for key, item in value.items():
             tokens.append(key)
-            if key == "resourceType" and type(item) is str:
+            if _names_a_type(key, item):
                 tokens.append((item,))  # the type is part of the shape, not a value
             else:
                 _walk(item, tokens, values)
@@ -189,6 +190,11 @@ def _walk(value: Any, tokens: list[Any], values: list[Any]) -> None:
     else:
         tokens.append(type(value))
         values.append(value)
+
+
+def _names_a_type(key: str, value: Any) -> bool:
+    """A `resourceType`: part of the shape, so neither a value nor checked (`_walk` and `_model_checks` agree)."""
+    return key == "resourceType" and type(value) is str
 
 
 def _passes(checks: list[Check], values: list[Any]) -> bool:
@@ -215,7 +221,7 @@ def _model_checks(cls: Any, value: Any, checks: list[Check]) -> bool:
         return False
     elements = _element_types(cls)
     for key, item in value.items():
-        if key == "resourceType" and type(item) is str:
+        if _names_a_type(key, item):
             continue
         element = elements.get(key)
         if element is None:
@@ -290,8 +296,6 @@ def _without_none(annotation: Any) -> Any:
 
 
 def _is_polymorphic(annotation: Any) -> bool:
-    from fhir_core.types import FhirElementOrResourceBase
-
     return isinstance(annotation, type) and issubclass(annotation, FhirElementOrResourceBase)
 
 

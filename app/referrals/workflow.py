@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import orjson
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
@@ -122,7 +121,7 @@ def after(session: Session, written: Sequence[Any], principal: Principal) -> Non
         move = moves.pop(stored.resource_id, None)
         if stored.deleted or stored.content is None:
             continue
-        content = orjson.loads(stored.content)
+        content = stored.parsed()
         if move is None and stored.created and is_referral(content):
             move = Move(None, stage_of(content), "server")
         escalations.track(session, stored, content, sent=move is not None and move.to_stage == "requested")

@@ -97,7 +97,7 @@ def after(session: Session, written: Sequence[Any], principal: Principal) -> Non
         if stored.deleted or stored.content is None:
             session.execute(delete(subscription_state).where(subscription_state.c.subscription_id == stored.resource_id))
             continue
-        content = orjson.loads(stored.content)
+        content = stored.parsed()
         row = _state_row(content)
         secret = secrets.pop(stored.resource_id, None)
         if secret is not None:

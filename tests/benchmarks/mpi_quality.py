@@ -140,12 +140,13 @@ def review_queue(reviews: list[Any], master_of: dict[str, str], person_by_patien
         if patient_id in person_by_patient:
             members.setdefault(master_id, set()).add(person_by_patient[patient_id])
     right = [person_by_patient.get(patient_id) in members.get(master_id, ()) for patient_id, master_id, *_ in reviews]
-    print(f"  review queue: {len(reviews)} open reviews of {len({r[0] for r in reviews})} records"
-          f" ({len({r[0] for r in reviews}) / records:.2%} of records), {sum(right)} of them the same person")
+    in_review = {review[0] for review in reviews}
+    print(f"  review queue: {len(reviews)} open reviews of {len(in_review)} records"
+          f" ({len(in_review) / records:.2%} of records), {sum(right)} of them the same person")
     for floor in REVIEW_BANDS:
         kept = [(review, same) for review, same in zip(reviews, right, strict=True) if review[2] >= floor]
-        in_review = {review[0] for review, _ in kept}
-        print(f"    from p {floor:<5}: {len(kept):6} reviews of {len(in_review):6} records ({len(in_review) / records:.2%}),"
+        in_band = {review[0] for review, _ in kept}
+        print(f"    from p {floor:<5}: {len(kept):6} reviews of {len(in_band):6} records ({len(in_band) / records:.2%}),"
               f" {sum(same for _, same in kept)} the same person")
     kinds: Counter[str] = Counter()
     right_kinds: Counter[str] = Counter()
