@@ -35,11 +35,32 @@ _RELATIVE = re.compile(r"^(?:\.\d+){1,2}$")
 Repetition = list[list[str]]  # components, each a list of subcomponents
 
 
+def _plain_list() -> Any:
+    """A container maker for python-hl7's parser that keeps the list it is given. Each level needs its own: the
+    parser tells the segment level from the others by comparing the makers."""
+
+    def make(sequence: list[Any], **_: Any) -> list[Any]:
+        return sequence
+
+    return make
+
+
+class _ListsBelowMessage(hl7.Factory):  # type: ignore[misc]  # python-hl7 has no type hints
+    """python-hl7's tree with plain lists below the Message (which keeps the separators and `unescape`): its own
+    containers each run an __init__ and an assertion, ~260 of them per ORU^R01 of 10 OBX, and parsing one took
+    twice as long with them (1.0–1.1 against 0.53–0.56 ms). Hl7Scope reads only by index and iteration."""
+
+    create_segment = _plain_list()
+    create_field = _plain_list()
+    create_repetition = _plain_list()
+    create_component = _plain_list()
+
+
 def parse(raw: bytes, *, default_charset: str | None = None) -> SourceRecord:
     """Decode and parse one message; MessageError says what is wrong and where."""
     text, charset = decode(raw, default_charset=default_charset)
     try:
-        message = hl7.parse(text)
+        message = hl7.parse(text, factory=_ListsBelowMessage)
     except Exception as error:  # python-hl7 raises plain Python errors on malformed input
         raise MessageError(f"the message cannot be parsed as HL7 v2: {type(error).__name__}", "MSH", "structure") from error
     scope = Hl7Scope(message)
