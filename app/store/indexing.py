@@ -119,8 +119,8 @@ def index_rows(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str = "") 
     rows: IndexRows = {"token": [], "string": [], "date": [], "reference": []}
     for parameter in parameters_for(resource_type).values():
         seen: set[Any] = set()
-        for path in parameter.paths:
-            for value in values_at(resource, path):
+        for forms, rest in parameter.paths:
+            for value in _element_values(resource, forms, rest):
                 if not _matches_where(value, parameter):
                     continue
                 for row in _rows_for(parameter, value, zone, base_url):
@@ -129,6 +129,13 @@ def index_rows(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str = "") 
                         seen.add(key)
                         rows[parameter.type].append({"res_type": resource_type, "param": parameter.name, **row})
     return rows
+
+
+def _element_values(resource: dict[str, Any], forms: tuple[str, ...], rest: str) -> Iterator[Any]:
+    """Every value at `rest` under the resource's element, by whichever of its JSON names (`forms`) it has."""
+    for name in forms:
+        if name in resource:
+            yield from values_at(resource[name], rest)
 
 
 def _rows_for(parameter: SearchParameter, value: Any, zone: ZoneInfo, base_url: str) -> Iterator[dict[str, Any]]:

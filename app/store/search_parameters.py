@@ -16,9 +16,13 @@ SPECIAL = {"_id": "token", "_lastUpdated": "date"}
 
 @dataclass(frozen=True)
 class SearchParameter:
+    """`paths` each as the JSON names its first element takes in the resource type (itself, or its choice forms:
+    effective → effectiveDateTime, effectivePeriod, …) and the rest of the path, so that indexing a resource looks
+    its elements up instead of comparing every key of it with every path."""
+
     name: str
     type: str  # token | string | date | reference
-    paths: tuple[str, ...]
+    paths: tuple[tuple[tuple[str, ...], str], ...]
     target: str | None = None
     where: tuple[tuple[str, str], ...] = field(default=())
 
@@ -28,13 +32,13 @@ def _registry() -> dict[str, Any]:
     return yaml.safe_load(REGISTRY_FILE.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 
-def _has_element(elements: frozenset[str], path: str) -> bool:
-    head = path.split(".", 1)[0]
-    return head in elements or any(name.startswith(head) and name[len(head) : len(head) + 1].isupper() for name in elements)
+def _forms(elements: frozenset[str], head: str) -> tuple[str, ...]:
+    return tuple(sorted(name for name in elements if name == head or (name.startswith(head) and name[len(head) : len(head) + 1].isupper())))
 
 
 def _make(name: str, spec: dict[str, Any], elements: frozenset[str]) -> SearchParameter | None:
-    paths = tuple(path for path in spec["path"] if _has_element(elements, path))
+    split = [path.partition(".") for path in spec["path"]]
+    paths = tuple((forms, rest) for head, _, rest in split if (forms := _forms(elements, head)))
     if not paths:
         return None
     where = tuple(sorted((spec.get("where") or {}).items()))
