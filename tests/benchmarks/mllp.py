@@ -6,7 +6,8 @@ Provenance, acknowledged), with a same-run baseline.
 First every patient is registered by ADT^A04 (each goes through resident matching), then each gets `--results`
 ORU^R01 messages of 10 OBX (10 Observations, a DiagnosticReport, a Provenance). Each connection sends a message and
 waits for its ACK before the next, as MLLP senders do; the figure is messages/s over all connections and the ACK
-latency. Baseline, same run: psycopg inserts of the same number of rows an ORU^R01 writes (its 12 resources as
+latency, and what an ORU^R01 costs in CPU: the server's processes, PostgreSQL's and this client's (with both cores
+busy, their sum bounds the rate). Baseline, same run: psycopg inserts of the same number of rows an ORU^R01 writes (its 12 resources as
 JSON), one transaction per message, one connection.
 """
 
@@ -21,7 +22,7 @@ import orjson
 import psycopg
 
 from adapters.hl7v2 import mllp
-from tests.benchmarks.common import id_card, median, mib, qiao_server, scratch_database
+from tests.benchmarks.common import cpu_seconds, id_card, median, mib, postgres_pids, qiao_server, scratch_database
 
 SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
 GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华"
@@ -130,7 +131,10 @@ def main() -> None:
     with qiao_server(database_url, workers=args.workers, env={"QIAO_MLLP_PORT": str(port)}) as server:
         server.sample_rss()
         adt_seconds, adt_latencies, adt_acks = asyncio.run(send_all(port, admissions, args.connections))
+        before = server.cpu_seconds(), cpu_seconds(postgres_pids()), time.process_time()
         oru_seconds, oru_latencies, oru_acks = asyncio.run(send_all(port, results, args.connections))
+        oru_cpu = [(after - start) / len(results) for after, start in
+                   zip((server.cpu_seconds(), cpu_seconds(postgres_pids()), time.process_time()), before, strict=True)]
         peak_rss = max(server.rss_samples or [server.rss_bytes()])
     with psycopg.connect(database_url) as conn:
         observations = conn.execute("SELECT count(*) FROM resource WHERE res_type = 'Observation' AND NOT deleted").fetchone()
@@ -142,6 +146,8 @@ def main() -> None:
                                                   ("ORU^R01", oru_rate, oru_seconds, oru_latencies, oru_acks)):
         print(f"  {label}   {rate:7.0f} messages/s ({seconds:.1f} s; {accepted(acks)}/{len(acks)} AA)  ACK latency "
               f"p50 {median(latencies) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
+    print(f"  CPU per ORU^R01: server {oru_cpu[0] * 1000:.2f} ms, PostgreSQL {oru_cpu[1] * 1000:.2f} ms,"
+          f" the senders {oru_cpu[2] * 1000:.2f} ms (two cores: {2 / sum(oru_cpu):.0f} messages/s at most)")
     print(f"  raw psycopg, 12 rows per transaction: {baseline:7.0f} messages/s   ORU^R01 = {oru_rate / baseline:.2f} x raw insert")
     print(f"  stored: {observations[0] if observations else 0} Observations; inbound messages by state {states}")
     print(f"  server RSS peak (all processes) {mib(peak_rss)}")
