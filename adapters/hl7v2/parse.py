@@ -1,8 +1,10 @@
 """HL7 v2 bytes → SourceRecord: the character set, the segment ends and the parse tree, then values read by path.
 
-The parser is python-hl7 (`hl7` on PyPI): it splits on the separators MSH declares and unescapes values; what it
-leaves to the caller is decoding bytes, which real Chinese feeds make hard (GB18030 with or without MSH-18, UTF-8
-with a BOM), and segment ends other than CR. Paths read like the standard's own notation:
+python-hl7 (`hl7` on PyPI) reads the separators MSH declares and the escape sequences; a field is split by those
+separators only when a path reads it (its whole tree for every field cost an ORU^R01 1 ms, four times all the rest
+of parsing; a test holds every field to what python-hl7 makes of the whole message). What python-hl7 leaves to the
+caller is decoding bytes, which real Chinese feeds make hard (GB18030 with or without MSH-18, UTF-8 with a BOM), and
+segment ends other than CR. Paths read like the standard's own notation:
 
     PID-5.1          field 5, component 1 (first repetition)
     PID-3[5=NNCHN].1 the repetition of PID-3 whose component 5 is NNCHN, its component 1 (`|` separates choices)
@@ -33,37 +35,40 @@ _PATH = re.compile(r"^(?P<segment>[A-Z][A-Z0-9]{2})(?:\((?P<where>\d+(?:\.\d+)?)
                    r"(?:\[(?P<select>[^\]]+)\])?(?P<rest>(?:\.\d+){0,2})$")
 _RELATIVE = re.compile(r"^(?:\.\d+){1,2}$")
 Repetition = list[list[str]]  # components, each a list of subcomponents
+#: python-hl7 logs the text of a field whose escape sequence it cannot read (a resident's name, say), under a logger
+#: named by its file's path, which no level setting of ours would reach: silenced here, where it is used.
+hl7.util.logger.disabled = True
 
 
-def _plain_list() -> Any:
-    """A container maker for python-hl7's parser that keeps the list it is given. Each level needs its own: the
-    parser tells the segment level from the others by comparing the makers."""
+@dataclass
+class Hl7Message:
+    """A message as its segments' fields, each kept as text until a path reads it (an ORU^R01's mapping reads about a
+    third of its fields), with python-hl7's reading of MSH: the separators it declares and the escape sequences
+    (`unescape`). Fields are numbered as the standard numbers them: MSH-1 is the field separator itself."""
 
-    def make(sequence: list[Any], **_: Any) -> list[Any]:
-        return sequence
+    segments: list[list[str]]
+    header: Any  # python-hl7's Message of the MSH segment
 
-    return make
-
-
-class _ListsBelowMessage(hl7.Factory):  # type: ignore[misc]  # python-hl7 has no type hints
-    """python-hl7's tree with plain lists below the Message (which keeps the separators and `unescape`): its own
-    containers each run an __init__ and an assertion, ~260 of them per ORU^R01 of 10 OBX, and parsing one took
-    twice as long with them (1.0–1.1 against 0.53–0.56 ms). Hl7Scope reads only by index and iteration."""
-
-    create_segment = _plain_list()
-    create_field = _plain_list()
-    create_repetition = _plain_list()
-    create_component = _plain_list()
+    def split(self, text: str) -> list[Repetition]:
+        """A field's repetitions, components and subcomponents, in the separators' order, each value unescaped."""
+        _, _, repetition, component, subcomponent = self.header.separators
+        unescape = self.header.unescape
+        return [[[unescape(value) for value in part.split(subcomponent)] for part in item.split(component)]
+                for item in text.split(repetition)]
 
 
 def parse(raw: bytes, *, default_charset: str | None = None) -> SourceRecord:
     """Decode and parse one message; MessageError says what is wrong and where."""
     text, charset = decode(raw, default_charset=default_charset)
+    lines = text.split("\r")
     try:
-        message = hl7.parse(text, factory=_ListsBelowMessage)
+        header = hl7.parse(lines[0])
     except Exception as error:  # python-hl7 raises plain Python errors on malformed input
         raise MessageError(f"the message cannot be parsed as HL7 v2: {type(error).__name__}", "MSH", "structure") from error
-    scope = Hl7Scope(message)
+    separator = header.separators[1]
+    segments = [line.split(separator) for line in lines]
+    segments[0].insert(1, separator)
+    scope = Hl7Scope(Hl7Message(segments, header))
     kind = "^".join(part for part in (scope.get("MSH-9.1"), scope.get("MSH-9.2")) if part)
     if not kind:
         raise MessageError("MSH-9 (message type) is empty", "MSH-9", "required")
@@ -114,7 +119,7 @@ def _segments(text: str) -> str:
 class Hl7Scope:
     """A parsed message, read by path; `each` narrows it to one segment occurrence or one field repetition."""
 
-    message: Any
+    message: Hl7Message
     current: dict[str, Any] = field(default_factory=dict)
     repetition: Repetition | None = None
     by_id: dict[str, list[Any]] = field(default_factory=dict)  # the message's segments by id, shared by its scopes
@@ -167,32 +172,32 @@ class Hl7Scope:
         reads the nearest one before it (PID and PV1, once per message; an ORU's OBR, so that the OBX after a
         second OBR are that order's results), except a note (NTE), which belongs to the segment it follows: one
         before the first occurrence stays the message's."""
-        segments = list(self.message)
-        starts = [i for i, segment in enumerate(segments) if str(segment[0][0]) == segment_id]
+        segments = self.message.segments
+        starts = [i for i, segment in enumerate(segments) if segment[0] == segment_id]
         if not starts:
             return []
-        outside = {str(segment[0][0]) for segment in segments[: starts[0]]}
-        inside = {str(segment[0][0]) for segment in segments[starts[0]:]} - outside
+        outside = {segment[0] for segment in segments[: starts[0]]}
+        inside = {segment[0] for segment in segments[starts[0]:]} - outside
         groups = []
         heads: dict[str, Any] = {}  # the nearest segment of each heading kind so far
         scanned = 0
         for start, end in zip(starts, [*starts[1:], len(segments)], strict=True):
             for segment in segments[scanned:start]:
-                kind = str(segment[0][0])
+                kind = segment[0]
                 if kind in outside and (kind != "NTE" or kind not in heads):
                     heads[kind] = segment
             scanned = start
             group: dict[str, Any] = {**heads, **dict.fromkeys(inside)}
             for segment in reversed(segments[start:end]):
-                if str(segment[0][0]) in inside:
-                    group[str(segment[0][0])] = segment
+                if segment[0] in inside:
+                    group[segment[0]] = segment
             groups.append(group)
         return groups
 
     def _segments(self, segment_id: str) -> list[Any]:
         if not self.by_id:
-            for segment in self.message:
-                self.by_id.setdefault(str(segment[0][0]), []).append(segment)
+            for segment in self.message.segments:
+                self.by_id.setdefault(segment[0], []).append(segment)
         return self.by_id.get(segment_id, [])
 
     def _repetitions(self, segment_id: str, number: int, segment: Any = None) -> list[Repetition]:
@@ -206,10 +211,10 @@ class Hl7Scope:
         if not segment or number >= len(segment) or number < 1:
             return []
         if segment_id == "MSH" and number in (1, 2):
-            return [[[str(segment[number][0])]]]
+            return [[[segment[number]]]]
         key = (id(segment), number)  # the segment lives as long as the message, and so does this cache
         if key not in self.fields:
-            self.fields[key] = [_components(self.message, segment, r) for r in segment[number]]
+            self.fields[key] = self.message.split(segment[number])
         return self.fields[key]
 
 
@@ -223,12 +228,6 @@ def _parse_path(path: str) -> tuple[str, str | None, str | None, int, str | None
     if match is None:
         raise MessageError(f"invalid HL7 v2 path {path!r}", path)
     return match["segment"], match["where"], match["wanted"], int(match["field"]), match["select"], match["rest"]
-
-
-def _components(message: Any, segment: Any, repetition: Any) -> Repetition:
-    if isinstance(repetition, str):
-        return [[message.unescape(repetition)]]
-    return [[message.unescape(c)] if isinstance(c, str) else [message.unescape(s) for s in c] for c in repetition]
 
 
 def _select(repetitions: list[Repetition], select: str | None, path: str) -> Repetition | None:

@@ -1,6 +1,12 @@
 """The HL7 v2 adapter and the mapping functions, without a database."""
 
+import logging
+from typing import cast
+
+import hl7
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.base import MessageError
 from adapters.hl7v2 import parse
@@ -37,6 +43,52 @@ def test_a_segment_picked_by_a_field_value() -> None:
     assert scope.get("OBX(3.1=CREA)-5") is None and scope.get("OBX-5") == "150"
     with pytest.raises(MessageError):
         scope.each("OBX(3.1=SBP)-5")
+
+
+def _python_hl7_tree(text: str) -> list[list[list[parse.Repetition]]]:
+    """Every field of every segment as python-hl7 parses the whole message, as lists, each value unescaped."""
+    message = hl7.parse(text)
+
+    def as_lists(part: object) -> list[object]:
+        return [as_lists(p) for p in part] if isinstance(part, list) else [part]
+
+    def field(value: object) -> list[parse.Repetition]:
+        return [[[message.unescape(str(leaf)) for leaf in _flat(c)] for c in _children(r)] for r in _children(value)]
+
+    return [[field(f) for f in segment[3 if i == 0 else 1:]] for i, segment in enumerate(message)]
+
+
+def _children(part: object) -> list[object]:
+    return list(part) if isinstance(part, list) else [part]
+
+
+def _flat(part: object) -> list[object]:
+    return [leaf for item in _children(part) for leaf in _flat(item)] if isinstance(part, list) else [part]
+
+
+_VALUE = st.text(alphabet=st.sampled_from(list("ab张伟1 .^~&|\\FSTRE")), max_size=12)
+_SEGMENT = st.tuples(st.sampled_from(["PID", "OBX", "ZXY", "NTE"]), st.lists(_VALUE, max_size=8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_SEGMENT, min_size=1, max_size=5), st.lists(_VALUE, max_size=8))
+def test_fields_split_when_read_are_what_python_hl7_parses(segments: list[tuple[str, list[str]]], header: list[str]) -> None:
+    """The adapter splits a field only when a path reads it; each must come out as python-hl7 splits the whole
+    message (repetitions, components, subcomponents, escape sequences), whatever the separators and escapes in it.
+    (MSH-1 and MSH-2 are the separators themselves.)"""
+    msh = ["MSH", "^~\\&", "HIS", "DCH", "QIAO", "QIAO", "20261120093000", "", "ORU^R01", "1", *header]
+    text = "\r".join(["|".join(msh), *("|".join([name, *fields]) for name, fields in segments)])
+    expected = _python_hl7_tree(text.strip())
+    message = cast(parse.Hl7Scope, parse.parse(text.encode()).scope).message
+    got = [[message.split(f) for f in fields[3 if i == 0 else 1:]] for i, fields in enumerate(message.segments)]
+    assert got == expected
+
+
+def test_a_field_with_a_broken_escape_is_read_and_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    scope = parse.parse(adt(family="张\\X4E\\", given="伟\\Q\\").encode()).scope
+    assert scope.get("PID-5.1") == "张N" and scope.get("PID-5.2") == "伟"
+    assert not [r for r in caplog.records if "张" in r.getMessage() or "伟" in r.getMessage()]
 
 
 @pytest.mark.parametrize("raw", [b"", b"PID|1", b"MSH|", "MSH|^~\\&|无效".encode("utf-16")])
