@@ -50,11 +50,14 @@ class Hl7Message:
     header: Any  # python-hl7's Message of the MSH segment
 
     def split(self, text: str) -> list[Repetition]:
-        """A field's repetitions, components and subcomponents, in the separators' order, each value unescaped."""
+        """A field's repetitions, components and subcomponents, in the separators' order, each value unescaped
+        (most fields hold no escape character: those are only split)."""
         _, _, repetition, component, subcomponent = self.header.separators
+        tree = [[part.split(subcomponent) for part in item.split(component)] for item in text.split(repetition)]
+        if self.header.esc not in text:
+            return tree
         unescape = self.header.unescape
-        return [[[unescape(value) for value in part.split(subcomponent)] for part in item.split(component)]
-                for item in text.split(repetition)]
+        return [[[unescape(value) for value in part] for part in item] for item in tree]
 
 
 def parse(raw: bytes, *, default_charset: str | None = None) -> SourceRecord:
