@@ -51,10 +51,13 @@ class Hl7Message:
 
     def split(self, text: str) -> list[Repetition]:
         """A field's repetitions, components and subcomponents, in the separators' order, each value unescaped
-        (most fields hold no escape character: those are only split)."""
+        (most fields hold one value, and no escape character)."""
         _, _, repetition, component, subcomponent = self.header.separators
+        plain = self.header.esc not in text
+        if plain and repetition not in text and component not in text and subcomponent not in text:
+            return [[[text]]]  # most fields: one value
         tree = [[part.split(subcomponent) for part in item.split(component)] for item in text.split(repetition)]
-        if self.header.esc not in text:
+        if plain:
             return tree
         unescape = self.header.unescape
         return [[[unescape(value) for value in part] for part in item] for item in tree]
