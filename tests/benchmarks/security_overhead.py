@@ -1,6 +1,7 @@
 """What authentication, the access policy and the audit trail cost on reads and searches.
 
     .venv/bin/python -m tests.benchmarks.security_overhead [--stored 100000] [--seconds 5] [--rounds 8] [--reuse]
+                                                          [--baseline secured-unaudited]
 
 Same code, same data, same run, same load: this checkout's server with the three
 switched off (QIAO_AUTH=false, so no token and no policy; and read audits dropped by a `sitecustomize` the benchmark
@@ -13,6 +14,9 @@ Both servers run at once and the load moves between them in short slices, in ABB
 and its speed drifts: the same server under the same read load took 1,400 to 2,130 µs of CPU per request within ten
 minutes (2026-12-03), more than the overhead being measured, so rounds of a minute each compared the machine's
 moments more than the two servers.
+
+With `--baseline secured-unaudited` the server compared against keeps authentication and the policy and drops
+only the read audits: the difference is then the audit trail's share alone.
 
 Three loads, each in its own slices: closed-loop saturation (16 clients back to back: latency there is mostly
 queueing, so it measures throughput), a fixed rate of half the insecure server's saturated throughput (open loop:
@@ -55,6 +59,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="slices per server, load and kind")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reuse", action="store_true", help="measure the database the previous run loaded")
+    parser.add_argument("--baseline", choices=("insecure", "secured-unaudited"), default="insecure",
+                        help="the server without: no auth, policy or audit; or auth and policy without the read audits")
     args = parser.parse_args()
     patients = args.stored // 2
 
@@ -77,7 +83,8 @@ def main() -> None:
         token = smart.mint(session, "hospital", "hosp-1", "system/*.rs", access="organization", purpose="TREAT", lifetime=3600)
     engine.dispose()
     auth = {"Authorization": f"Bearer {token}"}
-    print(f"security overhead: {args.stored} resources loaded at {rate:.0f}/s; {args.clients} clients, {args.workers} workers")
+    print(f"security overhead: {args.stored} resources loaded at {rate:.0f}/s; {args.clients} clients, {args.workers} workers;"
+          f" without = {args.baseline}")
 
     rng = random.Random(5)
 
@@ -89,14 +96,15 @@ def main() -> None:
 
     hooks = Path(tempfile.mkdtemp(prefix="qiao-no-read-audit-"))
     (hooks / "sitecustomize.py").write_text(NO_READ_AUDIT)
-    insecure = {"QIAO_AUTH": "false", "PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}", "QIAO_MLLP_PORT": "0"}
+    unaudited = {"PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}", "QIAO_MLLP_PORT": "0"}
+    insecure = unaudited if args.baseline == "secured-unaudited" else {**unaudited, "QIAO_AUTH": "false"}
     results: dict[tuple[str, str, str], list[float]] = {}
     rates: dict[str, float] = {}
     saturated_rates: dict[str, list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}  # (server, PostgreSQL) CPU seconds and requests, saturated slices
     with (qiao_server(database_url, workers=args.workers, port=8181, env=insecure) as plain,
           qiao_server(database_url, workers=args.workers, port=8182, env={"QIAO_MLLP_PORT": "0"}) as secured):
-        servers = {"without": (plain, {}), "with": (secured, auth)}
+        servers = {"without": (plain, auth if args.baseline == "secured-unaudited" else {}), "with": (secured, auth)}
         for kind, paths in (("read", read_path), ("search", search_path)):
             for server, headers in servers.values():
                 http_load(server.url, paths, clients=args.clients, seconds=WARM_UP, headers=headers)
