@@ -18,6 +18,9 @@ moments more than the two servers.
 With `--baseline secured-unaudited` the server compared against keeps authentication and the policy and drops
 only the read audits: the difference is then the audit trail's share alone.
 
+The p50 over all of a load's slices can be moved by one slice in which the machine stalled; so the p50 of each
+secured slice is also set against the insecure one run beside it, and the median of those ratios printed.
+
 Three loads, each in its own slices: closed-loop saturation (16 clients back to back: latency there is mostly
 queueing, so it measures throughput), a fixed rate of half the insecure server's saturated throughput (open loop:
 the latency a request sees on a server that is busy but not overloaded; the secured server, having less capacity,
@@ -102,6 +105,7 @@ def main() -> None:
     rates: dict[str, float] = {}
     saturated_rates: dict[str, list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}  # (server, PostgreSQL) CPU seconds and requests, saturated slices
+    slice_p50s: dict[tuple[str, str, str], list[float]] = {}  # each slice's p50, in slice order
     with (qiao_server(database_url, workers=args.workers, port=8181, env=insecure) as plain,
           qiao_server(database_url, workers=args.workers, port=8182, env={"QIAO_MLLP_PORT": "0"}) as secured):
         servers = {"without": (plain, auth if args.baseline == "secured-unaudited" else {}), "with": (secured, auth)}
@@ -129,6 +133,7 @@ def main() -> None:
                             totals[1] += cpu_seconds(postgres_pids()) - before[1]
                             totals[2] += len(result.latencies)
                         results.setdefault((name, kind, mode), []).extend(result.latencies)
+                        slice_p50s.setdefault((name, kind, mode), []).append(statistics.median(result.latencies))
                         print(f"  {name:8} {mode:9} {result.line(kind)}")
 
     for (name, kind), (server_cpu, database_cpu, requests) in sorted(cpu.items()):
@@ -143,6 +148,9 @@ def main() -> None:
             print(f"  {kind} {mode}{at}: p50 {statistics.median(base) * 1000:.2f} -> {statistics.median(secure) * 1000:.2f} ms"
                   f" ({p50 - 1:+.0%}), p99 {_p99(base) * 1000:.1f} -> {_p99(secure) * 1000:.1f} ms ({p99 - 1:+.0%}),"
                   f" requests {len(secure) / len(base):.2f} x")
+            pairs = sorted(w / o for w, o in zip(slice_p50s[("with", kind, mode)], slice_p50s[("without", kind, mode)], strict=True))
+            print(f"    p50 slice by slice (each secured slice against the other server's beside it): median"
+                  f" {statistics.median(pairs) - 1:+.0%}, from {pairs[0] - 1:+.0%} to {pairs[-1] - 1:+.0%}")
 
 
 def _order(slice_: int) -> tuple[str, str]:
