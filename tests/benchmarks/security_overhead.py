@@ -19,7 +19,7 @@ With `--baseline secured-unaudited` the server compared against keeps authentica
 only the read audits: the difference is then the audit trail's share alone.
 
 The p50 over all of a load's slices can be moved by one slice in which the machine stalled; so the p50 of each
-secured slice is also set against the insecure one run beside it, and the median of those ratios printed.
+secured slice is also set against the baseline's slice run beside it, and the median of those ratios printed.
 
 Three loads, each in its own slices: closed-loop saturation (16 clients back to back: latency there is mostly
 queueing, so it measures throughput), a fixed rate of half the insecure server's saturated throughput (open loop:
@@ -100,13 +100,13 @@ def main() -> None:
     hooks = Path(tempfile.mkdtemp(prefix="qiao-no-read-audit-"))
     (hooks / "sitecustomize.py").write_text(NO_READ_AUDIT)
     unaudited = {"PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}", "QIAO_MLLP_PORT": "0"}
-    insecure = unaudited if args.baseline == "secured-unaudited" else {**unaudited, "QIAO_AUTH": "false"}
+    baseline = unaudited if args.baseline == "secured-unaudited" else {**unaudited, "QIAO_AUTH": "false"}
     results: dict[tuple[str, str, str], list[float]] = {}
     rates: dict[str, float] = {}
     saturated_rates: dict[str, list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}  # (server, PostgreSQL) CPU seconds and requests, saturated slices
     slice_p50s: dict[tuple[str, str, str], list[float]] = {}  # each slice's p50, in slice order
-    with (qiao_server(database_url, workers=args.workers, port=8181, env=insecure) as plain,
+    with (qiao_server(database_url, workers=args.workers, port=8181, env=baseline) as plain,
           qiao_server(database_url, workers=args.workers, port=8182, env={"QIAO_MLLP_PORT": "0"}) as secured):
         servers = {"without": (plain, auth if args.baseline == "secured-unaudited" else {}), "with": (secured, auth)}
         for kind, paths in (("read", read_path), ("search", search_path)):
