@@ -22,7 +22,7 @@ The p50 over all of a load's slices can be moved by one slice in which the machi
 secured slice is also set against the baseline's slice run beside it, and the median of those ratios printed.
 
 Three loads, each in its own slices: closed-loop saturation (16 clients back to back: latency there is mostly
-queueing, so it measures throughput), a fixed rate of half the insecure server's saturated throughput (open loop:
+queueing, so it measures throughput), a fixed rate of half the baseline server's saturated throughput (open loop:
 the latency a request sees on a server that is busy but not overloaded; the secured server, having less capacity,
 is busier at the same rate, so queueing magnifies its overhead here) and a single client (one request at a time:
 the latency of a request with no queue, which is the cost of the work itself).
@@ -114,7 +114,7 @@ def main() -> None:
                 http_load(server.url, paths, clients=args.clients, seconds=WARM_UP, headers=headers)
             for mode in ("saturated", "steady", "single"):
                 rate, load_clients = None, 1 if mode == "single" else args.clients
-                if mode == "steady":  # half the insecure server's saturated throughput (median of its slices)
+                if mode == "steady":  # half the baseline server's saturated throughput (median of its slices)
                     rate = rates[kind] = statistics.median(saturated_rates[kind]) / 2
                 for slice_ in range(args.rounds):
                     for name in _order(slice_):
