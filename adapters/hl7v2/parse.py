@@ -43,8 +43,8 @@ hl7.util.logger.disabled = True
 @dataclass
 class Hl7Message:
     """A message as its segments' fields, each kept as text until a path reads it (an ORU^R01 of 10 OBX has 188
-    fields; its mapping reads 90), with python-hl7's reading of MSH: the separators it declares and the escape sequences
-    (`unescape`). Fields are numbered as the standard numbers them: MSH-1 is the field separator itself."""
+    fields; its mapping reads 90), with python-hl7's reading of MSH: the separators it declares and the escape
+    sequences (`unescape`). Fields are numbered as the standard numbers them: MSH-1 is the field separator itself."""
 
     segments: list[list[str]]
     header: Any  # python-hl7's Message of the MSH segment

@@ -7,8 +7,8 @@ First every patient is registered by ADT^A04 (each goes through resident matchin
 ORU^R01 messages of 10 OBX (10 Observations, a DiagnosticReport, a Provenance). Each connection sends a message and
 waits for its ACK before the next, as MLLP senders do; the figure is messages/s over all connections and the ACK
 latency, and what an ORU^R01 costs in CPU: the server's processes, PostgreSQL's and this client's (with both cores
-busy, their sum bounds the rate). Baseline, same run: psycopg inserts of the same number of rows an ORU^R01 writes (its 12 resources as
-JSON), one transaction per message, one connection.
+busy, their sum bounds the rate). Baseline, same run: psycopg inserts of the same number of rows an ORU^R01 writes
+(its 12 resources as JSON), one transaction per message, one connection.
 """
 
 import argparse

@@ -49,9 +49,6 @@ def _python_hl7_tree(text: str) -> list[list[list[parse.Repetition]]]:
     """Every field of every segment as python-hl7 parses the whole message, as lists, each value unescaped."""
     message = hl7.parse(text)
 
-    def as_lists(part: object) -> list[object]:
-        return [as_lists(p) for p in part] if isinstance(part, list) else [part]
-
     def field(value: object) -> list[parse.Repetition]:
         return [[[message.unescape(str(leaf)) for leaf in _flat(c)] for c in _children(r)] for r in _children(value)]
 
