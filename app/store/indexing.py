@@ -7,7 +7,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from app.store import dates
-from app.store.search_parameters import SearchParameter, parameters_for
+from app.store.search_parameters import SearchParameter, is_form_of, parameters_for
 
 IndexRows = dict[str, list[dict[str, Any]]]
 _REFERENCE = re.compile(r"^(?:.*/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
@@ -31,7 +31,7 @@ def values_at(node: Any, path: str) -> Iterator[Any]:
         if not isinstance(item, dict):
             continue
         for key, value in item.items():
-            if key == head or (key.startswith(head) and key[len(head) : len(head) + 1].isupper()):
+            if is_form_of(key, head):
                 yield from values_at(value, rest)
 
 

@@ -32,8 +32,13 @@ def _registry() -> dict[str, Any]:
     return yaml.safe_load(REGISTRY_FILE.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 
+def is_form_of(name: str, head: str) -> bool:
+    """Whether a JSON name is the element `head` or one of its choice forms (effective → effectiveDateTime)."""
+    return name == head or (name.startswith(head) and name[len(head) : len(head) + 1].isupper())
+
+
 def _forms(elements: frozenset[str], head: str) -> tuple[str, ...]:
-    return tuple(sorted(name for name in elements if name == head or (name.startswith(head) and name[len(head) : len(head) + 1].isupper())))
+    return tuple(sorted(name for name in elements if is_form_of(name, head)))
 
 
 def _make(name: str, spec: dict[str, Any], elements: frozenset[str]) -> SearchParameter | None:
