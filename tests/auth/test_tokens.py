@@ -11,7 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import Engine
 
+from app import db
+from app.auth import smart
 from tests.auth.conftest import Headers
 from tests.auth.keys import ClientKey, token_form
 
@@ -176,3 +179,13 @@ def test_no_token_request_or_header_crashes(anonymous_client: TestClient, form: 
     except UnicodeEncodeError:
         return  # not a header a client can send
     assert response.status_code == 401
+
+
+def test_a_cached_token_names_the_address_of_each_request(app_engine: Engine) -> None:
+    """The verified token is kept with the address it was last used from; a request from elsewhere is its own."""
+    with db.transaction() as session:
+        token = smart.mint(session, "hospital", "hosp-1", SCOPE, access="organization", purpose="TREAT", lifetime=60)
+        assert smart.principal(session, token, "10.0.0.7").address == "10.0.0.7"
+    for address in ("10.0.0.8", "10.0.0.8", "10.0.0.7", None):
+        principal = smart.cached_principal(token, address)
+        assert principal is not None and principal.address == address

@@ -217,14 +217,17 @@ class LoadResult:
         )
 
 
-async def _client(host: str, port: int, paths: Callable[[], str], until: float, out: list[float], errors: list[int],
-                  extra: str = "", interval: float | None = None, first: float = 0.0) -> None:
-    """One keep-alive HTTP/1.1 connection issuing GETs back to back, or one every `interval` seconds from `first`
-    (a minimal client, so the load costs little CPU). On a schedule, a request sent late because the previous one
-    was slow counts from when it was due (no coordinated omission)."""
-    reader, writer = await asyncio.open_connection(host, port)
+async def _client(targets: list[tuple[str, int, str]], paths: Callable[[], str], until: float, out: list[list[float]],
+                  errors: list[int], interval: float | None = None, first: float = 0.0, turn: int = 0) -> None:
+    """One keep-alive HTTP/1.1 connection per target, issuing GETs back to back, or one every `interval` seconds from
+    `first` (a minimal client, so the load costs little CPU); with several targets, each request goes to the next
+    one, from target `turn` on. On a schedule, a request sent late because the previous one was slow counts from when
+    it was due (no coordinated omission)."""
+    connections = [await asyncio.open_connection(host, port) for host, port, _ in targets]
     due = first
     while time.perf_counter() < until:
+        target, turn = turn % len(targets), turn + 1
+        (host, _, extra), (reader, writer) = targets[target], connections[target]
         request = f"GET {paths()} HTTP/1.1\r\nHost: {host}\r\nAccept: application/fhir+json\r\n{extra}\r\n".encode()
         start = time.perf_counter()
         if interval is not None:
@@ -238,28 +241,40 @@ async def _client(host: str, port: int, paths: Callable[[], str], until: float, 
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
         await reader.readexactly(length)
-        out.append(time.perf_counter() - start)
+        out[target].append(time.perf_counter() - start)
         if b" 200 " not in status_line:
-            errors[0] += 1
-    writer.close()
+            errors[target] += 1
+    for _, writer in connections:
+        writer.close()
 
 
 def http_load(url: str, paths: Callable[[], str], *, clients: int = 16, seconds: float = 15.0,
               headers: dict[str, str] | None = None, rate: float | None = None) -> LoadResult:
     """Back-to-back requests on `clients` connections (saturation), or `rate` requests a second spread over them."""
-    parsed = httpx.URL(url)
-    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    [result] = load_together([(url, headers or {})], paths, clients=clients, seconds=seconds, rate=rate)
+    return result
 
-    async def run() -> LoadResult:
-        latencies: list[float] = []
-        errors = [0]
+
+def load_together(targets: list[tuple[str, dict[str, str]]], paths: Callable[[], str], *, clients: int = 16,
+                  seconds: float = 15.0, rate: float | None = None) -> list[LoadResult]:
+    """`http_load` on several servers (url, headers) at once: each client sends its requests to them in turn (half
+    the clients start with the second), so every moment of the machine falls on all of them alike; `rate` is the
+    total. One result per target; the load generator's CPU is split evenly between them."""
+    parsed = [httpx.URL(url) for url, _ in targets]
+    hosts = [(url.host, url.port or 80, "".join(f"{name}: {value}\r\n" for name, value in headers.items()))
+             for url, (_, headers) in zip(parsed, targets, strict=True)]
+
+    async def run() -> list[LoadResult]:
+        latencies: list[list[float]] = [[] for _ in targets]
+        errors = [0] * len(targets)
         cpu = time.process_time()
         start = time.perf_counter()
         until = start + seconds
         interval = clients / rate if rate else None
-        await asyncio.gather(*(_client(parsed.host, parsed.port or 80, paths, until, latencies, errors, extra, interval,
-                                       start + (interval or 0) * i / clients) for i in range(clients)))
-        return LoadResult(latencies, time.perf_counter() - start, errors[0], time.process_time() - cpu)
+        await asyncio.gather(*(_client(hosts, paths, until, latencies, errors, interval, start + (interval or 0) * i / clients, i)
+                               for i in range(clients)))
+        elapsed, client_cpu = time.perf_counter() - start, (time.process_time() - cpu) / len(targets)
+        return [LoadResult(found, elapsed, failed, client_cpu) for found, failed in zip(latencies, errors, strict=True)]
 
     return asyncio.run(run())
 
@@ -311,6 +326,14 @@ def postgres_pids() -> list[int]:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return found
+
+
+def postgres_backends(database_url: str, application_name: str) -> list[int]:
+    """The PostgreSQL backends serving connections of this application_name (a server started with PGAPPNAME set,
+    which libpq reads), to tell apart the database's work for each of two servers run at once."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,)).fetchall()
+    return [pid for (pid,) in rows]
 
 
 def mib(value: float) -> str:

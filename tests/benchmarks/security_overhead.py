@@ -10,22 +10,26 @@ The data is a community centre's (Organization chc-1); the benchmark client is a
 resident in its care, so each access runs the full policy: token check, scope check, care relation and consent
 look-ups, and an AuditEvent queued, written and hash-chained.
 
-Both servers run at once and the load moves between them in short slices, in ABBA order: this machine is shared,
-and its speed drifts: the same server under the same read load took 1,400 to 2,130 µs of CPU per request within ten
-minutes (2026-12-03), more than the overhead being measured, so rounds of a minute each compared the machine's
-moments more than the two servers.
+Both servers run at once and take the load together: each client sends its requests to them in turn. This machine
+is shared and its speed drifts: the same server under the same read load took 1,400 to 2,130 µs of CPU per request
+within ten minutes (2026-12-03), and five runs on one day, which moved the load between the servers in slices of
+5 s (ABBA order), gave the saturated read p50 overhead from +1% to +27% for the same code (2026-12-07). Requests
+taken in turn see the same moments of the machine, the slow ones and the fast ones alike; under saturation the two
+servers share its cores, so each request's latency follows the CPU work it needs, which is what is compared.
+Each server's PostgreSQL backends are told apart by application_name (PGAPPNAME); PostgreSQL's own processes
+(autovacuum, WAL and checkpoints, for both) are counted apart.
 
 With `--baseline secured-unaudited` the server compared against keeps authentication and the policy and drops
 only the read audits: the difference is then the audit trail's share alone.
 
-The p50 over all of a load's slices can be moved by one slice in which the machine stalled; so the p50 of each
-secured slice is also set against the baseline's slice run beside it, and the median of those ratios printed.
+Each load runs in slices; each slice's p50 ratio is printed as well as the ratio of the p50s over all slices, and
+their median, which one slice in which the machine stalled cannot move.
 
-Three loads, each in its own slices: closed-loop saturation (16 clients back to back: latency there is mostly
-queueing, so it measures throughput), a fixed rate of half the baseline server's saturated throughput (open loop:
-the latency a request sees on a server that is busy but not overloaded; the secured server, having less capacity,
-is busier at the same rate, so queueing magnifies its overhead here) and a single client (one request at a time:
-the latency of a request with no queue, which is the cost of the work itself).
+Three loads: closed-loop saturation (16 clients back to back, their requests taken in turn by the two servers:
+latency there is mostly queueing behind the other requests' CPU work), a fixed rate of half the saturated
+throughput (open loop: a machine busy but not overloaded; the secured server, needing more CPU, is busier at the
+same rate, so queueing magnifies its overhead here) and a single client (one request at a time, to each server in
+turn: the latency of a request with no queue, which is the cost of the work itself).
 """
 
 import argparse
@@ -41,7 +45,17 @@ import psycopg
 
 from app import db
 from app.auth import clients, smart
-from tests.benchmarks.common import ROOT, cpu_seconds, http_load, id_card, postgres_pids, qiao_server, scratch_database, url_of
+from tests.benchmarks.common import (
+    ROOT,
+    cpu_seconds,
+    id_card,
+    load_together,
+    postgres_backends,
+    postgres_pids,
+    qiao_server,
+    scratch_database,
+    url_of,
+)
 from tests.benchmarks.read_search import load, patient_id
 
 DATABASE = "qiao_bench_security"
@@ -68,9 +82,9 @@ def main() -> None:
     patients = args.stored // 2
 
     database_url = scratch_database(DATABASE) if not args.reuse else url_of(DATABASE)
-    rate = 0.0
+    load_rate = 0.0
     if not args.reuse:
-        rate = load(database_url, args.stored, org="chc-1")
+        load_rate = load(database_url, args.stored, org="chc-1")
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("INSERT INTO care_relation (resource_pk, patient_id, org_id)"
                          " SELECT pk, res_id, 'hosp-1' FROM resource WHERE res_type = 'Patient'")
@@ -86,7 +100,8 @@ def main() -> None:
         token = smart.mint(session, "hospital", "hosp-1", "system/*.rs", access="organization", purpose="TREAT", lifetime=3600)
     engine.dispose()
     auth = {"Authorization": f"Bearer {token}"}
-    print(f"security overhead: {args.stored} resources loaded at {rate:.0f}/s; {args.clients} clients, {args.workers} workers;"
+    loaded = "reused" if args.reuse else f"loaded at {load_rate:.0f}/s"
+    print(f"security overhead: {args.stored} resources {loaded}; {args.clients} clients, {args.workers} workers;"
           f" without = {args.baseline}")
 
     rng = random.Random(5)
@@ -101,61 +116,65 @@ def main() -> None:
     (hooks / "sitecustomize.py").write_text(NO_READ_AUDIT)
     unaudited = {"PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}", "QIAO_MLLP_PORT": "0"}
     baseline = unaudited if args.baseline == "secured-unaudited" else {**unaudited, "QIAO_AUTH": "false"}
+    names = ("without", "with")
     results: dict[tuple[str, str, str], list[float]] = {}
     rates: dict[str, float] = {}
     saturated_rates: dict[str, list[float]] = {}
-    cpu: dict[tuple[str, str], list[float]] = {}  # (server, PostgreSQL) CPU seconds and requests, saturated slices
+    cpu: dict[tuple[str, str], list[float]] = {}  # server, its PostgreSQL backends, requests: saturated slices
+    shared_database_cpu: dict[str, float] = {}  # PostgreSQL's other processes (autovacuum, WAL, checkpoints)
     slice_p50s: dict[tuple[str, str, str], list[float]] = {}  # each slice's p50, in slice order
-    with (qiao_server(database_url, workers=args.workers, port=8181, env=baseline) as plain,
-          qiao_server(database_url, workers=args.workers, port=8182, env={"QIAO_MLLP_PORT": "0"}) as secured):
-        servers = {"without": (plain, auth if args.baseline == "secured-unaudited" else {}), "with": (secured, auth)}
+    with (qiao_server(database_url, workers=args.workers, port=8181, env={**baseline, "PGAPPNAME": "bench-without"}) as plain,
+          qiao_server(database_url, workers=args.workers, port=8182, env={"QIAO_MLLP_PORT": "0", "PGAPPNAME": "bench-with"}) as secured):
+        servers = {"without": plain, "with": secured}
+        targets = [(plain.url, auth if args.baseline == "secured-unaudited" else {}), (secured.url, auth)]
         for kind, paths in (("read", read_path), ("search", search_path)):
-            for server, headers in servers.values():
-                http_load(server.url, paths, clients=args.clients, seconds=WARM_UP, headers=headers)
+            load_together(targets, paths, clients=args.clients, seconds=WARM_UP)
             for mode in ("saturated", "steady", "single"):
                 rate, load_clients = None, 1 if mode == "single" else args.clients
-                if mode == "steady":  # half the baseline server's saturated throughput (median of its slices)
+                if mode == "steady":  # half of what the machine served saturated, each server's share taken in turn
                     rate = rates[kind] = statistics.median(saturated_rates[kind]) / 2
-                for slice_ in range(args.rounds):
-                    for name in _order(slice_):
-                        server, headers = servers[name]
-                        before = server.cpu_seconds(), cpu_seconds(postgres_pids())
-                        result = http_load(server.url, paths, clients=load_clients, seconds=args.seconds, headers=headers,
-                                           rate=rate)
-                        time.sleep(SETTLE)  # the reads' audits are written (QIAO_AUDIT_FLUSH_SECONDS) within the slice's count
+                for _ in range(args.rounds):
+                    backends = {name: postgres_backends(database_url, f"bench-{name}") for name in names}
+                    every_postgres = postgres_pids()
+                    before = {name: (servers[name].cpu_seconds(), cpu_seconds(backends[name])) for name in names}
+                    before_all = cpu_seconds(every_postgres)
+                    slice_results = load_together(targets, paths, clients=load_clients, seconds=args.seconds, rate=rate)
+                    time.sleep(SETTLE)  # the reads' audits are written (QIAO_AUDIT_FLUSH_SECONDS) within the slice's count
+                    if mode == "saturated":
+                        saturated_rates.setdefault(kind, []).append(sum(r.rate for r in slice_results))
+                        spent = 0.0
+                        for name, result in zip(names, slice_results, strict=True):
+                            totals = cpu.setdefault((name, kind), [0.0, 0.0, 0.0])
+                            totals[0] += servers[name].cpu_seconds() - before[name][0]
+                            database = cpu_seconds(backends[name]) - before[name][1]
+                            totals[1] += database
+                            totals[2] += len(result.latencies)
+                            spent += database
+                        shared_database_cpu[kind] = shared_database_cpu.get(kind, 0.0) + cpu_seconds(every_postgres) - before_all - spent
+                    for name, result in zip(names, slice_results, strict=True):
                         if result.errors:
                             raise RuntimeError(f"{name} {kind} {mode}: {result.errors} requests failed")
-                        if mode == "saturated":
-                            if name == "without":
-                                saturated_rates.setdefault(kind, []).append(result.rate)
-                            totals = cpu.setdefault((name, kind), [0.0, 0.0, 0.0])
-                            totals[0] += server.cpu_seconds() - before[0]
-                            totals[1] += cpu_seconds(postgres_pids()) - before[1]
-                            totals[2] += len(result.latencies)
                         results.setdefault((name, kind, mode), []).extend(result.latencies)
                         slice_p50s.setdefault((name, kind, mode), []).append(statistics.median(result.latencies))
                         print(f"  {name:8} {mode:9} {result.line(kind)}")
 
     for (name, kind), (server_cpu, database_cpu, requests) in sorted(cpu.items()):
         print(f"  CPU per {kind} {name + ' security':17}: server {server_cpu / requests * 1e6:.0f} µs,"
-              f" PostgreSQL {database_cpu / requests * 1e6:.0f} µs (saturated slices)")
+              f" its PostgreSQL backends {database_cpu / requests * 1e6:.0f} µs (saturated slices)")
+    for kind, spent in sorted(shared_database_cpu.items()):
+        requests = sum(cpu[(name, kind)][2] for name in names)
+        print(f"  PostgreSQL's own processes (autovacuum, WAL, checkpoints), saturated {kind}: {spent / requests * 1e6:.0f} µs"
+              " per request of either server")
     for kind in ("read", "search"):
         for mode in ("saturated", "steady", "single"):
             base, secure = results[("without", kind, mode)], results[("with", kind, mode)]
             p50 = statistics.median(secure) / statistics.median(base)
             p99 = _p99(secure) / _p99(base)
-            at = f" at {rates[kind]:.0f}/s" if mode == "steady" else ""
+            at = f" at {rates[kind]:.0f}/s (both servers)" if mode == "steady" else ""
             print(f"  {kind} {mode}{at}: p50 {statistics.median(base) * 1000:.2f} -> {statistics.median(secure) * 1000:.2f} ms"
-                  f" ({p50 - 1:+.0%}), p99 {_p99(base) * 1000:.1f} -> {_p99(secure) * 1000:.1f} ms ({p99 - 1:+.0%}),"
-                  f" requests {len(secure) / len(base):.2f} x")
+                  f" ({p50 - 1:+.0%}), p99 {_p99(base) * 1000:.1f} -> {_p99(secure) * 1000:.1f} ms ({p99 - 1:+.0%})")
             pairs = sorted(w / o for w, o in zip(slice_p50s[("with", kind, mode)], slice_p50s[("without", kind, mode)], strict=True))
-            print(f"    p50 slice by slice (each secured slice against the other server's beside it): median"
-                  f" {statistics.median(pairs) - 1:+.0%}, from {pairs[0] - 1:+.0%} to {pairs[-1] - 1:+.0%}")
-
-
-def _order(slice_: int) -> tuple[str, str]:
-    """ABBA: the machine's drift over a run (it is shared) falls on both servers alike."""
-    return ("without", "with") if slice_ % 4 in (0, 3) else ("with", "without")
+            print(f"    p50 slice by slice: median {statistics.median(pairs) - 1:+.0%}, from {pairs[0] - 1:+.0%} to {pairs[-1] - 1:+.0%}")
 
 
 def _p99(values: list[float]) -> float:
