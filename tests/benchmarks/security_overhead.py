@@ -26,10 +26,12 @@ Each load runs in slices; each slice's p50 ratio is printed as well as the ratio
 their median, which one slice in which the machine stalled cannot move.
 
 Three loads: closed-loop saturation (16 clients back to back, their requests taken in turn by the two servers:
-latency there is mostly queueing behind the other requests' CPU work), a fixed rate of half the saturated
-throughput (open loop: a machine busy but not overloaded; the secured server, needing more CPU, is busier at the
-same rate, so queueing magnifies its overhead here) and a single client (one request at a time, to each server in
-turn: the latency of a request with no queue, which is the cost of the work itself).
+latency there is mostly queueing behind the other requests' CPU work, so it follows the ratio of the work), a fixed
+rate of half the saturated throughput (open loop: a machine busy but not overloaded) and a single client (one
+request at a time, to each server in turn: the latency of a request with no queue, which is the cost of the work
+itself). Taken in turn, both servers' requests meet the same queue at the fixed rate; alone at that rate, a server
+whose requests need k times the work runs at k times the utilisation ρ, and its latency would grow by
+k(1 - ρ)/(1 - kρ) rather than k (processor sharing): +10% work at ρ = 0.5 would show as +22%.
 """
 
 import argparse
@@ -161,6 +163,10 @@ def main() -> None:
     for (name, kind), (server_cpu, database_cpu, requests) in sorted(cpu.items()):
         print(f"  CPU per {kind} {name + ' security':17}: server {server_cpu / requests * 1e6:.0f} µs,"
               f" its PostgreSQL backends {database_cpu / requests * 1e6:.0f} µs (saturated slices)")
+    for kind in ("read", "search"):
+        work = {name: (cpu[(name, kind)][0] + cpu[(name, kind)][1]) / cpu[(name, kind)][2] for name in names}
+        print(f"  work per {kind} (server and its PostgreSQL backends): {work['without'] * 1e6:.0f} -> {work['with'] * 1e6:.0f} µs"
+              f" ({work['with'] / work['without'] - 1:+.0%})")
     for kind, spent in sorted(shared_database_cpu.items()):
         requests = sum(cpu[(name, kind)][2] for name in names)
         print(f"  PostgreSQL's own processes (autovacuum, WAL, checkpoints), saturated {kind}: {spent / requests * 1e6:.0f} µs"
