@@ -217,17 +217,17 @@ class LoadResult:
         )
 
 
-async def _client(targets: list[tuple[str, int, str]], paths: Callable[[], str], until: float, out: list[list[float]],
-                  errors: list[int], interval: float | None = None, first: float = 0.0, turn: int = 0) -> None:
+async def _client(hosts: list[tuple[str, int, str]], order: list[int], paths: Callable[[], str], until: float,
+                  out: list[list[float]], errors: list[int], interval: float | None = None, first: float = 0.0) -> None:
     """One keep-alive HTTP/1.1 connection per target, issuing GETs back to back, or one every `interval` seconds from
-    `first` (a minimal client, so the load costs little CPU); with several targets, each request goes to the next
-    one, from target `turn` on. On a schedule, a request sent late because the previous one was slow counts from when
-    it was due (no coordinated omission)."""
-    connections = [await asyncio.open_connection(host, port) for host, port, _ in targets]
-    due = first
+    `first` (a minimal client, so the load costs little CPU); each request goes to the next target of `order` (indexes
+    into `hosts`, `out` and `errors`). On a schedule, a request sent late because the previous one was slow counts
+    from when it was due (no coordinated omission)."""
+    connections = {target: await asyncio.open_connection(*hosts[target][:2]) for target in set(order)}
+    due, turn = first, 0
     while time.perf_counter() < until:
-        target, turn = turn % len(targets), turn + 1
-        (host, _, extra), (reader, writer) = targets[target], connections[target]
+        target, turn = order[turn % len(order)], turn + 1
+        (host, _, extra), (reader, writer) = hosts[target], connections[target]
         request = f"GET {paths()} HTTP/1.1\r\nHost: {host}\r\nAccept: application/fhir+json\r\n{extra}\r\n".encode()
         start = time.perf_counter()
         if interval is not None:
@@ -244,7 +244,7 @@ async def _client(targets: list[tuple[str, int, str]], paths: Callable[[], str],
         out[target].append(time.perf_counter() - start)
         if b" 200 " not in status_line:
             errors[target] += 1
-    for _, writer in connections:
+    for _, writer in connections.values():
         writer.close()
 
 
@@ -256,13 +256,18 @@ def http_load(url: str, paths: Callable[[], str], *, clients: int = 16, seconds:
 
 
 def load_together(targets: list[tuple[str, dict[str, str]]], paths: Callable[[], str], *, clients: int = 16,
-                  seconds: float = 15.0, rate: float | None = None) -> list[LoadResult]:
-    """`http_load` on several servers (url, headers) at once: each client sends its requests to them in turn (half
-    the clients start with the second), so every moment of the machine falls on all of them alike; `rate` is the
-    total. One result per target; the load generator's CPU is split evenly between them."""
-    parsed = [httpx.URL(url) for url, _ in targets]
+                  seconds: float = 15.0, rate: float | None = None, in_turn: bool = True) -> list[LoadResult]:
+    """`http_load` on several servers (url, headers) at once, so that every moment of the machine falls on all of
+    them alike: each client sends its requests to them in turn (half the clients start with the second), or, not
+    `in_turn`, each server has its own share of the clients. `rate` is the total. One result per target; the load
+    generator's CPU is split evenly between them."""
     hosts = [(url.host, url.port or 80, "".join(f"{name}: {value}\r\n" for name, value in headers.items()))
-             for url, (_, headers) in zip(parsed, targets, strict=True)]
+             for url, headers in ((httpx.URL(url), headers) for url, headers in targets)]
+    every = list(range(len(targets)))
+
+    def order(client: int) -> list[int]:
+        first = client % len(targets)
+        return every[first:] + every[:first] if in_turn else [first]
 
     async def run() -> list[LoadResult]:
         latencies: list[list[float]] = [[] for _ in targets]
@@ -271,7 +276,7 @@ def load_together(targets: list[tuple[str, dict[str, str]]], paths: Callable[[],
         start = time.perf_counter()
         until = start + seconds
         interval = clients / rate if rate else None
-        await asyncio.gather(*(_client(hosts, paths, until, latencies, errors, interval, start + (interval or 0) * i / clients, i)
+        await asyncio.gather(*(_client(hosts, order(i), paths, until, latencies, errors, interval, start + (interval or 0) * i / clients)
                                for i in range(clients)))
         elapsed, client_cpu = time.perf_counter() - start, (time.process_time() - cpu) / len(targets)
         return [LoadResult(found, elapsed, failed, client_cpu) for found, failed in zip(latencies, errors, strict=True)]

@@ -10,14 +10,12 @@ The data is a community centre's (Organization chc-1); the benchmark client is a
 resident in its care, so each access runs the full policy: token check, scope check, care relation and consent
 look-ups, and an AuditEvent queued, written and hash-chained.
 
-Both servers run at once and take the load together: each client sends its requests to them in turn. This machine
-is shared and its speed drifts: the same server under the same read load took 1,400 to 2,130 µs of CPU per request
-within ten minutes (2026-12-03), and five runs on one day, which moved the load between the servers in slices of
-5 s (ABBA order), gave the saturated read p50 overhead from +1% to +27% for the same code (2026-12-07). Requests
-taken in turn see the same moments of the machine, the slow ones and the fast ones alike; under saturation the two
-servers share its cores, so each request's latency follows the CPU work it needs, which is what is compared.
-Each server's PostgreSQL backends are told apart by application_name (PGAPPNAME); PostgreSQL's own processes
-(autovacuum, WAL and checkpoints, for both) are counted apart.
+Both servers run at once, so that every moment of the machine falls on both alike. This machine is shared and its
+speed drifts: the same server under the same read load took 1,400 to 2,130 µs of CPU per request within ten minutes
+(2026-12-03), and five runs on one day, which moved the load between the servers in slices of 5 s (ABBA order), gave
+the saturated read p50 overhead from +1% to +27% for the same code (2026-12-07). Each server's PostgreSQL backends
+are told apart by application_name (PGAPPNAME); PostgreSQL's own processes (autovacuum, WAL and checkpoints, for
+both) are counted apart. "Work" is a request's CPU in its server and its PostgreSQL backends.
 
 With `--baseline secured-unaudited` the server compared against keeps authentication and the policy and drops
 only the read audits: the difference is then the audit trail's share alone.
@@ -25,12 +23,12 @@ only the read audits: the difference is then the audit trail's share alone.
 Each load runs in slices; each slice's p50 ratio is printed as well as the ratio of the p50s over all slices, and
 their median, which one slice in which the machine stalled cannot move.
 
-Three loads: closed-loop saturation (16 clients back to back, their requests taken in turn by the two servers:
-latency there is mostly queueing behind the other requests' CPU work, so it follows the ratio of the work), a fixed
-rate of half the saturated throughput (open loop: a machine busy but not overloaded) and a single client (one
-request at a time, to each server in turn: the latency of a request with no queue, which is the cost of the work
-itself). Taken in turn, both servers' requests meet the same queue at the fixed rate; alone at that rate, a server
-whose requests need k times the work runs at k times the utilisation ρ, and its latency would grow by
+Three loads: closed-loop saturation (16 clients back to back, half on each server: the two servers' processes
+share the cores, so a request's latency, mostly queueing, follows the work its server needs per request), a fixed
+rate of half the saturated throughput (open loop, half of it to each server: a machine busy but not overloaded) and
+a single client (one request at a time, to each server in turn: the latency of a request with no queue, which is the
+cost of the work itself). At the fixed rate both servers meet the same queue, the machine's; alone at that rate, a
+server whose requests need k times the work would run at k times the utilisation ρ, and its latency grow by
 k(1 - ρ)/(1 - kρ) rather than k (processor sharing): +10% work at ρ = 0.5 would show as +22%.
 """
 
@@ -133,14 +131,15 @@ def main() -> None:
             load_together(targets, paths, clients=args.clients, seconds=WARM_UP)
             for mode in ("saturated", "steady", "single"):
                 rate, load_clients = None, 1 if mode == "single" else args.clients
-                if mode == "steady":  # half of what the machine served saturated, each server's share taken in turn
+                if mode == "steady":  # half of what the machine served saturated, half of it to each server
                     rate = rates[kind] = statistics.median(saturated_rates[kind]) / 2
                 for _ in range(args.rounds):
                     backends = {name: postgres_backends(database_url, f"bench-{name}") for name in names}
                     every_postgres = postgres_pids()
                     before = {name: (servers[name].cpu_seconds(), cpu_seconds(backends[name])) for name in names}
                     before_all = cpu_seconds(every_postgres)
-                    slice_results = load_together(targets, paths, clients=load_clients, seconds=args.seconds, rate=rate)
+                    slice_results = load_together(targets, paths, clients=load_clients, seconds=args.seconds, rate=rate,
+                                                  in_turn=mode == "single")
                     time.sleep(SETTLE)  # the reads' audits are written (QIAO_AUDIT_FLUSH_SECONDS) within the slice's count
                     if mode == "saturated":
                         saturated_rates.setdefault(kind, []).append(sum(r.rate for r in slice_results))
