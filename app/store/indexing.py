@@ -21,18 +21,20 @@ def normalise(value: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold().strip()[:MAX_STRING]
 
 
-def values_at(node: Any, path: str) -> Iterator[Any]:
-    """Every value at a dot path of FHIR JSON; a segment also matches its choice forms (effective → effectivePeriod)."""
-    if not path:
-        yield from node if isinstance(node, list) else [node]
-        return
-    head, _, rest = path.partition(".")
-    for item in node if isinstance(node, list) else [node]:
-        if not isinstance(item, dict):
-            continue
-        for key, value in item.items():
-            if is_form_of(key, head):
-                yield from values_at(value, rest)
+def values_at(node: Any, path: str) -> list[Any]:
+    """Every value at a dot path of FHIR JSON, lists flattened; a segment also matches its choice forms (effective →
+    effectivePeriod). Level by level rather than recursively: an AuditEvent's thousand entities are a thousand
+    generators otherwise."""
+    nodes = node if isinstance(node, list) else [node]
+    for head in path.split(".") if path else ():
+        found: list[Any] = []
+        for item in nodes:
+            if isinstance(item, dict):
+                for key, value in item.items():
+                    if is_form_of(key, head):
+                        found.extend(value) if isinstance(value, list) else found.append(value)
+        nodes = found
+    return nodes
 
 
 def parse_reference(reference: str, base_url: str = "") -> tuple[str, str] | None:
