@@ -1,7 +1,7 @@
 """What authentication, the access policy and the audit trail cost on reads and searches.
 
     .venv/bin/python -m tests.benchmarks.security_overhead [--stored 100000] [--seconds 5] [--rounds 8] [--reuse]
-                                                          [--baseline secured-unaudited]
+                                                          [--baseline secured-unaudited|secured]
 
 Same code, same data, same run, same load: this checkout's server with the three
 switched off (QIAO_AUTH=false, so no token and no policy; and read audits dropped by a `sitecustomize` the benchmark
@@ -18,7 +18,8 @@ are told apart by application_name (PGAPPNAME); PostgreSQL's own processes (auto
 both) are counted apart. "Work" is a request's CPU in its server and its PostgreSQL backends.
 
 With `--baseline secured-unaudited` the server compared against keeps authentication and the policy and drops
-only the read audits: the difference is then the audit trail's share alone.
+only the read audits: the difference is then the audit trail's share alone. With `--baseline secured` it is the
+same server as the other (an A/A run): what the benchmark shows then is its own resolution.
 
 Each load runs in slices; each slice's p50 ratio is printed as well as the ratio of the p50s over all slices, and
 their median, which one slice in which the machine stalled cannot move.
@@ -76,8 +77,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="slices per server, load and kind")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reuse", action="store_true", help="measure the database the previous run loaded")
-    parser.add_argument("--baseline", choices=("insecure", "secured-unaudited"), default="insecure",
-                        help="the server without: no auth, policy or audit; or auth and policy without the read audits")
+    parser.add_argument("--baseline", choices=("insecure", "secured-unaudited", "secured"), default="insecure",
+                        help="the server without: no auth, policy or audit; auth and policy without the read audits; or"
+                             " the same secured server (A/A)")
     args = parser.parse_args()
     patients = args.stored // 2
 
@@ -115,7 +117,8 @@ def main() -> None:
     hooks = Path(tempfile.mkdtemp(prefix="qiao-no-read-audit-"))
     (hooks / "sitecustomize.py").write_text(NO_READ_AUDIT)
     unaudited = {"PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}", "QIAO_MLLP_PORT": "0"}
-    baseline = unaudited if args.baseline == "secured-unaudited" else {**unaudited, "QIAO_AUTH": "false"}
+    baseline = {"insecure": {**unaudited, "QIAO_AUTH": "false"}, "secured-unaudited": unaudited,
+                "secured": {"QIAO_MLLP_PORT": "0"}}[args.baseline]
     names = ("without", "with")
     results: dict[tuple[str, str, str], list[float]] = {}
     rates: dict[str, float] = {}
@@ -126,7 +129,7 @@ def main() -> None:
     with (qiao_server(database_url, workers=args.workers, port=8181, env={**baseline, "PGAPPNAME": "bench-without"}) as plain,
           qiao_server(database_url, workers=args.workers, port=8182, env={"QIAO_MLLP_PORT": "0", "PGAPPNAME": "bench-with"}) as secured):
         servers = {"without": plain, "with": secured}
-        targets = [(plain.url, auth if args.baseline == "secured-unaudited" else {}), (secured.url, auth)]
+        targets = [(plain.url, {} if args.baseline == "insecure" else auth), (secured.url, auth)]
         for kind, paths in (("read", read_path), ("search", search_path)):
             load_together(targets, paths, clients=args.clients, seconds=WARM_UP)
             for mode in ("saturated", "steady", "single"):
