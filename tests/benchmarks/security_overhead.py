@@ -39,6 +39,7 @@ import random
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -48,6 +49,7 @@ from app import db
 from app.auth import clients, smart
 from tests.benchmarks.common import (
     ROOT,
+    LoadResult,
     cpu_seconds,
     id_card,
     load_together,
@@ -119,13 +121,7 @@ def main() -> None:
     unaudited = {"PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}", "QIAO_MLLP_PORT": "0"}
     baseline = {"insecure": {**unaudited, "QIAO_AUTH": "false"}, "secured-unaudited": unaudited,
                 "secured": {"QIAO_MLLP_PORT": "0"}}[args.baseline]
-    names = ("without", "with")
-    results: dict[tuple[str, str, str], list[float]] = {}
-    rates: dict[str, float] = {}
-    saturated_rates: dict[str, list[float]] = {}
-    cpu: dict[tuple[str, str], list[float]] = {}  # server, its PostgreSQL backends, requests: saturated slices
-    shared_database_cpu: dict[str, float] = {}  # PostgreSQL's other processes (autovacuum, WAL, checkpoints)
-    slice_p50s: dict[tuple[str, str, str], list[float]] = {}  # each slice's p50, in slice order
+    tally = Tally()
     with (qiao_server(database_url, workers=args.workers, port=8181, env={**baseline, "PGAPPNAME": "bench-without"}) as plain,
           qiao_server(database_url, workers=args.workers, port=8182, env={"QIAO_MLLP_PORT": "0", "PGAPPNAME": "bench-with"}) as secured):
         servers = {"without": plain, "with": secured}
@@ -135,54 +131,79 @@ def main() -> None:
             for mode in ("saturated", "steady", "single"):
                 rate, load_clients = None, 1 if mode == "single" else args.clients
                 if mode == "steady":  # half of what the machine served saturated, half of it to each server
-                    rate = rates[kind] = statistics.median(saturated_rates[kind]) / 2
+                    rate = tally.rates[kind] = statistics.median(tally.saturated_rates[kind]) / 2
                 for _ in range(args.rounds):
-                    backends = {name: postgres_backends(database_url, f"bench-{name}") for name in names}
+                    backends = {name: postgres_backends(database_url, f"bench-{name}") for name in NAMES}
                     every_postgres = postgres_pids()
-                    before = {name: (servers[name].cpu_seconds(), cpu_seconds(backends[name])) for name in names}
+                    before = {name: (servers[name].cpu_seconds(), cpu_seconds(backends[name])) for name in NAMES}
                     before_all = cpu_seconds(every_postgres)
-                    slice_results = load_together(targets, paths, clients=load_clients, seconds=args.seconds, rate=rate,
-                                                  in_turn=mode == "single")
+                    slice_results = dict(zip(NAMES, load_together(targets, paths, clients=load_clients, seconds=args.seconds,
+                                                                  rate=rate, in_turn=mode == "single"), strict=True))
                     time.sleep(SETTLE)  # the reads' audits are written (QIAO_AUDIT_FLUSH_SECONDS) within the slice's count
                     if mode == "saturated":
-                        saturated_rates.setdefault(kind, []).append(sum(r.rate for r in slice_results))
-                        spent = 0.0
-                        for name, result in zip(names, slice_results, strict=True):
-                            totals = cpu.setdefault((name, kind), [0.0, 0.0, 0.0])
-                            totals[0] += servers[name].cpu_seconds() - before[name][0]
-                            database = cpu_seconds(backends[name]) - before[name][1]
-                            totals[1] += database
-                            totals[2] += len(result.latencies)
-                            spent += database
-                        shared_database_cpu[kind] = shared_database_cpu.get(kind, 0.0) + cpu_seconds(every_postgres) - before_all - spent
-                    for name, result in zip(names, slice_results, strict=True):
-                        if result.errors:
-                            raise RuntimeError(f"{name} {kind} {mode}: {result.errors} requests failed")
-                        results.setdefault((name, kind, mode), []).extend(result.latencies)
-                        slice_p50s.setdefault((name, kind, mode), []).append(statistics.median(result.latencies))
-                        print(f"  {name:8} {mode:9} {result.line(kind)}")
+                        spent = {name: (servers[name].cpu_seconds() - before[name][0], cpu_seconds(backends[name]) - before[name][1])
+                                 for name in NAMES}
+                        tally.add_cpu(kind, slice_results, spent, cpu_seconds(every_postgres) - before_all)
+                    tally.add(kind, mode, slice_results)
+    tally.report()
 
-    for (name, kind), (server_cpu, database_cpu, requests) in sorted(cpu.items()):
-        print(f"  CPU per {kind} {name + ' security':17}: server {server_cpu / requests * 1e6:.0f} µs,"
-              f" its PostgreSQL backends {database_cpu / requests * 1e6:.0f} µs (saturated slices)")
-    for kind in ("read", "search"):
-        work = {name: (cpu[(name, kind)][0] + cpu[(name, kind)][1]) / cpu[(name, kind)][2] for name in names}
-        print(f"  work per {kind} (server and its PostgreSQL backends): {work['without'] * 1e6:.0f} -> {work['with'] * 1e6:.0f} µs"
-              f" ({work['with'] / work['without'] - 1:+.0%})")
-    for kind, spent in sorted(shared_database_cpu.items()):
-        requests = sum(cpu[(name, kind)][2] for name in names)
-        print(f"  PostgreSQL's own processes (autovacuum, WAL, checkpoints), saturated {kind}: {spent / requests * 1e6:.0f} µs"
-              " per request of either server")
-    for kind in ("read", "search"):
-        for mode in ("saturated", "steady", "single"):
-            base, secure = results[("without", kind, mode)], results[("with", kind, mode)]
-            p50 = statistics.median(secure) / statistics.median(base)
-            p99 = _p99(secure) / _p99(base)
-            at = f" at {rates[kind]:.0f}/s (both servers)" if mode == "steady" else ""
-            print(f"  {kind} {mode}{at}: p50 {statistics.median(base) * 1000:.2f} -> {statistics.median(secure) * 1000:.2f} ms"
-                  f" ({p50 - 1:+.0%}), p99 {_p99(base) * 1000:.1f} -> {_p99(secure) * 1000:.1f} ms ({p99 - 1:+.0%})")
-            pairs = sorted(w / o for w, o in zip(slice_p50s[("with", kind, mode)], slice_p50s[("without", kind, mode)], strict=True))
-            print(f"    p50 slice by slice: median {statistics.median(pairs) - 1:+.0%}, from {pairs[0] - 1:+.0%} to {pairs[-1] - 1:+.0%}")
+
+NAMES = ("without", "with")
+
+
+@dataclass
+class Tally:
+    """What the slices measured, by server name (NAMES), kind (read, search) and mode (saturated, steady, single)."""
+
+    latencies: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+    slice_p50s: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)  # in slice order
+    saturated_rates: dict[str, list[float]] = field(default_factory=dict)  # both servers together, per slice
+    rates: dict[str, float] = field(default_factory=dict)  # the fixed rate of each kind
+    cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # server, its PostgreSQL backends, requests
+    shared_database_cpu: dict[str, float] = field(default_factory=dict)  # PostgreSQL's own processes
+
+    def add(self, kind: str, mode: str, results: dict[str, LoadResult]) -> None:
+        for name, result in results.items():
+            if result.errors:
+                raise RuntimeError(f"{name} {kind} {mode}: {result.errors} requests failed")
+            self.latencies.setdefault((name, kind, mode), []).extend(result.latencies)
+            self.slice_p50s.setdefault((name, kind, mode), []).append(statistics.median(result.latencies))
+            print(f"  {name:8} {mode:9} {result.line(kind)}")
+
+    def add_cpu(self, kind: str, results: dict[str, LoadResult], spent: dict[str, tuple[float, float]], every_postgres: float) -> None:
+        """A saturated slice's CPU: each server's and its backends' (`spent`), and all of PostgreSQL's."""
+        self.saturated_rates.setdefault(kind, []).append(sum(r.rate for r in results.values()))
+        for name, (server, database) in spent.items():
+            totals = self.cpu.setdefault((name, kind), [0.0, 0.0, 0.0])
+            totals[0] += server
+            totals[1] += database
+            totals[2] += len(results[name].latencies)
+        own = every_postgres - sum(database for _, database in spent.values())
+        self.shared_database_cpu[kind] = self.shared_database_cpu.get(kind, 0.0) + own
+
+    def report(self) -> None:
+        for (name, kind), (server_cpu, database_cpu, requests) in sorted(self.cpu.items()):
+            print(f"  CPU per {kind} {name + ' security':17}: server {server_cpu / requests * 1e6:.0f} µs,"
+                  f" its PostgreSQL backends {database_cpu / requests * 1e6:.0f} µs (saturated slices)")
+        for kind in ("read", "search"):
+            work = {name: (self.cpu[(name, kind)][0] + self.cpu[(name, kind)][1]) / self.cpu[(name, kind)][2] for name in NAMES}
+            print(f"  work per {kind} (server and its PostgreSQL backends): {work['without'] * 1e6:.0f} -> {work['with'] * 1e6:.0f} µs"
+                  f" ({work['with'] / work['without'] - 1:+.0%})")
+        for kind, spent in sorted(self.shared_database_cpu.items()):
+            requests = sum(self.cpu[(name, kind)][2] for name in NAMES)
+            print(f"  PostgreSQL's own processes (autovacuum, WAL, checkpoints), saturated {kind}: {spent / requests * 1e6:.0f} µs"
+                  " per request of either server")
+        for kind in ("read", "search"):
+            for mode in ("saturated", "steady", "single"):
+                base, secure = self.latencies[("without", kind, mode)], self.latencies[("with", kind, mode)]
+                p50 = statistics.median(secure) / statistics.median(base)
+                p99 = _p99(secure) / _p99(base)
+                at = f" at {self.rates[kind]:.0f}/s (both servers)" if mode == "steady" else ""
+                print(f"  {kind} {mode}{at}: p50 {statistics.median(base) * 1000:.2f} -> {statistics.median(secure) * 1000:.2f} ms"
+                      f" ({p50 - 1:+.0%}), p99 {_p99(base) * 1000:.1f} -> {_p99(secure) * 1000:.1f} ms ({p99 - 1:+.0%})")
+                pairs = sorted(w / o for w, o in zip(self.slice_p50s[("with", kind, mode)], self.slice_p50s[("without", kind, mode)],
+                                                     strict=True))
+                print(f"    p50 slice by slice: median {statistics.median(pairs) - 1:+.0%}, from {pairs[0] - 1:+.0%} to {pairs[-1] - 1:+.0%}")
 
 
 def _p99(values: list[float]) -> float:
