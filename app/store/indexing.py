@@ -31,8 +31,12 @@ def values_at(node: Any, path: str) -> list[Any]:
         for item in nodes:
             if isinstance(item, dict):
                 for key, value in item.items():
-                    if is_form_of(key, head):
-                        found.extend(value) if isinstance(value, list) else found.append(value)
+                    if not is_form_of(key, head):
+                        continue
+                    if isinstance(value, list):
+                        found.extend(value)
+                    else:
+                        found.append(value)
         nodes = found
     return nodes
 

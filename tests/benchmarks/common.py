@@ -258,9 +258,10 @@ def http_load(url: str, paths: Callable[[], str], *, clients: int = 16, seconds:
 def load_together(targets: list[tuple[str, dict[str, str]]], paths: Callable[[], str], *, clients: int = 16,
                   seconds: float = 15.0, rate: float | None = None, in_turn: bool = True) -> list[LoadResult]:
     """`http_load` on several servers (url, headers) at once, so that every moment of the machine falls on all of
-    them alike: each client sends its requests to them in turn (half the clients start with the second), or, not
-    `in_turn`, each server has its own share of the clients. `rate` is the total. One result per target; the load
-    generator's CPU is split evenly between them."""
+    them alike: each client sends its requests to them in turn (client i starts with server i mod n), or, not
+    `in_turn`, each server has its own share of the clients. `rate` is the total; on a schedule, give each server its
+    own clients, since a request taken in turn is due when the other server's was, and would be charged its lateness.
+    One result per target; the load generator's CPU is split evenly between them."""
     hosts = [(url.host, url.port or 80, "".join(f"{name}: {value}\r\n" for name, value in headers.items()))
              for url, headers in ((httpx.URL(url), headers) for url, headers in targets)]
     every = list(range(len(targets)))
