@@ -2,9 +2,10 @@
 
 python-hl7 (`hl7` on PyPI) reads the separators MSH declares and the escape sequences; a field is split by those
 separators only when a path reads it (python-hl7's whole tree cost an ORU^R01 about 1 ms, as much as mapping it;
-parsing is now 0.13 ms, `tests.benchmarks.hl7_stages`; a test holds every field to what python-hl7 makes of the whole message). What
-python-hl7 leaves to the caller is decoding bytes, which real Chinese feeds make hard (GB18030 with or without
-MSH-18, UTF-8 with a BOM), and segment ends other than CR. Paths read like the standard's own notation:
+parsing is now 0.13 ms, `tests.benchmarks.hl7_stages`; a test holds every field to what python-hl7 makes of the
+whole message). What python-hl7 leaves to the caller is decoding bytes, which real Chinese feeds make hard (GB18030
+with or without MSH-18, UTF-8 with a BOM), and segment ends other than CR. Paths read like the standard's own
+notation:
 
     PID-5.1          field 5, component 1 (first repetition)
     PID-3[5=NNCHN].1 the repetition of PID-3 whose component 5 is NNCHN, its component 1 (`|` separates choices)
